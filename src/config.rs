@@ -1,0 +1,1117 @@
+//! Configuration: the TOML file format, its defaults, and every check made once at load.
+//!
+//! Owns: reading the file, rejecting unknown keys, resolving names (upstreams, listeners)
+//! to indices and host names to socket addresses, and reporting every mistake with
+//! `file:line:column`. The result, [`Config`], is immutable and shared by all workers.
+//!
+//! Must not: be consulted on the request path in its file form, or do any I/O after
+//! start-up. Name resolution happens here, once, so no worker ever blocks on DNS.
+//!
+//! The file format is documented for users in `docs/config.md`; the `///` comments on
+//! the `*File` structs below are the same contract, kept next to the code.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use toml::Spanned;
+
+// ---------------------------------------------------------------------------------------
+// The resolved configuration used by the rest of Weir.
+// ---------------------------------------------------------------------------------------
+
+/// A checked configuration. Built only by [`load`] / [`parse`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: Server,
+    pub http: HttpLimits,
+    pub listeners: Vec<Listener>,
+    pub upstreams: Vec<Upstream>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub workers: Workers,
+    pub pin: bool,
+    pub io: IoDriver,
+    pub ring: RingMode,
+    pub ring_entries: u32,
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    /// One worker per CPU the process may run on.
+    Auto,
+    Count(usize),
+}
+
+/// Which I/O driver each worker's runtime uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoDriver {
+    /// io_uring when the kernel allows it, otherwise epoll.
+    Auto,
+    IoUring,
+    Epoll,
+}
+
+/// How the io_uring ring is set up (see tuning.md for measured effects).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RingMode {
+    /// The best the kernel supports: `defer_taskrun`, then `coop_taskrun`, then `plain`.
+    Auto,
+    /// IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN (Linux 6.1+).
+    DeferTaskrun,
+    /// IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG (Linux 5.19+).
+    CoopTaskrun,
+    /// No setup flags.
+    Plain,
+}
+
+/// Client-side HTTP limits and timeouts.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    pub max_head: usize,
+    pub max_uri: usize,
+    pub max_headers: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub keepalive_requests: u32,
+    pub max_body: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub name: String,
+    pub address: SocketAddr,
+    pub backlog: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    pub targets: Vec<Target>,
+    pub balance: Balance,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub max_idle: usize,
+    pub idle_timeout: Duration,
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The target as written (`host:port`); sent as `Host` unless the route says otherwise.
+    pub authority: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+/// Load-balancing policy of an upstream group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Smooth weighted round-robin (nginx's default).
+    RoundRobin,
+    /// Fewest requests in flight on this worker, weighted (Envoy's LEAST_REQUEST).
+    LeastOutstanding,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Line of the `[[route]]` table, for messages.
+    pub line: usize,
+    /// Listener index, or `None` for every listener.
+    pub listener: Option<usize>,
+    pub host: HostPattern,
+    pub path: String,
+    /// Methods as written; `None` means any method.
+    pub methods: Option<Vec<String>>,
+    pub integration: Integration,
+    pub max_body: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// No `host` key: the listener's default virtual host.
+    Default,
+    /// Lower-cased exact name.
+    Exact(String),
+    /// `*.example.com`, stored as the suffix `.example.com`.
+    Wildcard(String),
+}
+
+#[derive(Debug, Clone)]
+pub enum Integration {
+    Http(HttpIntegration),
+    Mock(Mock),
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpIntegration {
+    pub upstream: usize,
+    pub strip_prefix: Option<String>,
+    pub add_prefix: Option<String>,
+    pub host: HostRewrite,
+}
+
+/// What `Host` the upstream sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostRewrite {
+    /// The chosen target's `host:port` as written in the config (nginx's `$proxy_host`).
+    Target,
+    /// The client's own `Host` (Kong's `preserve_host`).
+    Preserve,
+    /// A fixed value.
+    Fixed(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Mock {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+// ---------------------------------------------------------------------------------------
+// The file format. Every table rejects unknown keys.
+// ---------------------------------------------------------------------------------------
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    server: Option<Spanned<ServerFile>>,
+    #[serde(default)]
+    http: Option<Spanned<HttpFile>>,
+    #[serde(default)]
+    listener: Vec<Spanned<ListenerFile>>,
+    #[serde(default)]
+    upstream: BTreeMap<Spanned<String>, Spanned<UpstreamFile>>,
+    #[serde(default)]
+    route: Vec<Spanned<RouteFile>>,
+}
+
+/// `[server]`: process-wide runtime settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerFile {
+    /// `"auto"` (one per allowed CPU) or a number. Like nginx `worker_processes`.
+    workers: Option<WorkersFile>,
+    /// Pin worker N to the N-th CPU of the process's affinity mask. Default true.
+    /// Like nginx `worker_cpu_affinity auto`.
+    pin: Option<bool>,
+    /// `"auto"`, `"io_uring"` or `"epoll"`. Default auto.
+    io: Option<IoDriver>,
+    /// io_uring setup: `"auto"`, `"defer_taskrun"`, `"coop_taskrun"`, `"plain"`.
+    ring: Option<RingMode>,
+    /// Submission queue entries per worker ring (256..=32768). Default 1024.
+    ring_entries: Option<u32>,
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT. Default 30s.
+    drain_timeout: Option<Dur>,
+}
+
+/// `[http]`: limits and timeouts applied to every client connection.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpFile {
+    /// Largest request head (request line + headers). Default 16k. Over it: 431.
+    max_head: Option<Size>,
+    /// Longest request target. Default 8k. Over it: 414.
+    max_uri: Option<Size>,
+    /// Most header fields in one request. Default 100. Over it: 431.
+    max_headers: Option<u32>,
+    /// Time allowed to receive a whole request head. Default 60s (nginx
+    /// `client_header_timeout`). Over it: 408 and close.
+    header_timeout: Option<Dur>,
+    /// Longest pause between two reads of a request body. Default 60s (nginx
+    /// `client_body_timeout`). Over it: 408 and close.
+    body_timeout: Option<Dur>,
+    /// How long an idle keep-alive connection is kept. Default 75s (nginx `keepalive_timeout`).
+    keepalive_timeout: Option<Dur>,
+    /// Requests served on one connection before it is closed. Default 1000
+    /// (nginx `keepalive_requests`).
+    keepalive_requests: Option<u32>,
+    /// Default largest request body for routes that set none. Default 10m (nginx
+    /// `client_max_body_size`, API Gateway's 10 MB payload limit). Over it: 413.
+    max_body: Option<Size>,
+}
+
+/// `[[listener]]`: an address Weir accepts connections on.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenerFile {
+    /// `ip:port` or `host:port`; port 0 picks a free port (printed at start).
+    address: Spanned<String>,
+    /// Name that routes use in `listener = "..."`. Default: the address as written.
+    name: Option<Spanned<String>>,
+    /// Listen backlog. Default 1024 (nginx uses 511; the kernel caps it at somaxconn).
+    backlog: Option<u32>,
+}
+
+/// `[upstream.NAME]`: a group of backend targets.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamFile {
+    /// `"host:port"` strings or `{ address = "host:port", weight = 2 }` tables.
+    targets: Spanned<Vec<Spanned<TargetFile>>>,
+    /// `"round_robin"` (default) or `"least_outstanding"`.
+    balance: Option<Balance>,
+    /// Default 5s (nginx `proxy_connect_timeout` is 60s; Envoy's is 5s). Over it: next target, then 504.
+    connect_timeout: Option<Dur>,
+    /// Longest wait for the response head, and between reads of the response body.
+    /// Default 60s (nginx `proxy_read_timeout`). Over it: 504.
+    response_timeout: Option<Dur>,
+    /// Idle keep-alive connections kept per target per worker. Default 64 (nginx `keepalive`).
+    max_idle: Option<u32>,
+    /// Idle upstream connections older than this are closed. Default 60s (nginx `keepalive_timeout`).
+    idle_timeout: Option<Dur>,
+    /// Consecutive failures before a target is left out. Default 3; 0 never leaves one out.
+    max_fails: Option<u32>,
+    /// How long a failed target is left out. Default 10s (nginx `fail_timeout`).
+    fail_timeout: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum TargetFile {
+    Plain(String),
+    Table(TargetTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetTable {
+    address: String,
+    weight: Option<u32>,
+}
+
+/// `[[route]]`: what to do with requests for a host and path.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteFile {
+    /// Path pattern: `/users/{id}`, `/static/{*rest}`.
+    path: Spanned<String>,
+    /// Exact (`api.example.com`) or wildcard (`*.example.com`) host. Absent: default host.
+    host: Option<Spanned<String>>,
+    /// Methods this route answers. Absent: any. `GET` also answers `HEAD`.
+    methods: Option<Spanned<Vec<String>>>,
+    /// Only on this listener (by name). Absent: every listener.
+    listener: Option<Spanned<String>>,
+    /// Name of an `[upstream.NAME]` group (the HTTP integration).
+    upstream: Option<Spanned<String>>,
+    /// A fixed response (the mock integration).
+    mock: Option<Spanned<MockFile>>,
+    /// Remove this prefix from the path before forwarding.
+    strip_prefix: Option<Spanned<String>>,
+    /// Prepend this prefix (after `strip_prefix`).
+    add_prefix: Option<Spanned<String>>,
+    /// Send the client's `Host` upstream instead of the target's.
+    preserve_host: Option<bool>,
+    /// Send this `Host` upstream.
+    set_host: Option<Spanned<String>>,
+    /// Largest request body for this route. Default `[http] max_body`.
+    max_body: Option<Size>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MockFile {
+    /// Default 200.
+    status: Option<u16>,
+    /// Default empty.
+    body: Option<String>,
+    /// Extra response headers.
+    headers: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug)]
+enum WorkersFile {
+    Auto,
+    Count(u64),
+}
+
+impl<'de> Deserialize<'de> for WorkersFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = WorkersFile;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"auto\" or a number of workers")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<WorkersFile, E> {
+                u64::try_from(v)
+                    .map(WorkersFile::Count)
+                    .map_err(|_| E::custom("workers must be \"auto\" or a positive number"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<WorkersFile, E> {
+                if v == "auto" {
+                    Ok(WorkersFile::Auto)
+                } else {
+                    Err(E::custom("workers must be \"auto\" or a positive number"))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A duration: `"30s"`, `"500ms"`, `"5m"`, `"1h"`, or a whole number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Dur;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration such as \"30s\", \"500ms\", \"5m\" or a number of seconds")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Dur, E> {
+                u64::try_from(v)
+                    .map(|s| Dur(Duration::from_secs(s)))
+                    .map_err(|_| E::custom("a duration cannot be negative"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Dur, E> {
+                parse_duration(v).map(Dur).ok_or_else(|| {
+                    E::custom(format!(
+                        "`{v}` is not a duration; write it like \"30s\", \"500ms\", \"5m\" or \"1h\""
+                    ))
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n.checked_mul(1000)?,
+        "m" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(ms))
+}
+
+/// A size in bytes: a number, or `"16k"`, `"10m"`, `"1g"` (powers of 1024, like nginx).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Size;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size such as 4096, \"16k\", \"10m\" or \"1g\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Size, E> {
+                u64::try_from(v)
+                    .map(Size)
+                    .map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Size, E> {
+                parse_size(v).map(Size).ok_or_else(|| {
+                    E::custom(format!(
+                        "`{v}` is not a size; write it like 4096, \"16k\", \"10m\" or \"1g\""
+                    ))
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Parses `4096`, `16k`, `10m`, `1g` (case-insensitive, powers of 1024).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------
+
+/// One mistake in a config file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.column, self.message
+            )
+        }
+    }
+}
+
+/// Every mistake found in one file, in file order.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+struct Checker<'a> {
+    src: &'a str,
+    file: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.src.len());
+        let before = &self.src[..offset];
+        let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = before[line_start..].chars().count() + 1;
+        (line, column)
+    }
+
+    fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let (line, column) = self.position(span.start);
+        self.errors.push(ConfigError {
+            file: self.file.to_string(),
+            line,
+            column,
+            message: message.into(),
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------------------
+
+/// Reads and checks a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let file = path.display().to_string();
+    let src = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: file.clone(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read the file: {e}"),
+        }])
+    })?;
+    parse(&src, &file)
+}
+
+/// Checks config text; `file` names it in messages.
+pub fn parse(src: &str, file: &str) -> Result<Config, ConfigErrors> {
+    let mut ck = Checker {
+        src,
+        file,
+        errors: Vec::new(),
+    };
+    let raw: ConfigFile = match toml::from_str(src) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            ck.error(span, e.message().trim().to_string());
+            return Err(ConfigErrors(ck.errors));
+        }
+    };
+    let config = resolve(raw, &mut ck);
+    if ck.errors.is_empty() {
+        if let Some(config) = config {
+            return Ok(config);
+        }
+    }
+    ck.errors.sort_by_key(|e| (e.line, e.column));
+    Err(ConfigErrors(ck.errors))
+}
+
+fn resolve(raw: ConfigFile, ck: &mut Checker) -> Option<Config> {
+    let server = resolve_server(raw.server, ck);
+    let http = resolve_http(raw.http, ck);
+
+    if raw.listener.is_empty() {
+        ck.error(
+            0..0,
+            "no [[listener]]: add one, e.g. `address = \"127.0.0.1:8080\"`",
+        );
+    }
+    let mut listeners = Vec::new();
+    for l in raw.listener {
+        let span = l.span();
+        let l = l.into_inner();
+        let address = match resolve_addr(l.address.get_ref()) {
+            Ok(a) => a,
+            Err(msg) => {
+                ck.error(l.address.span(), msg);
+                continue;
+            }
+        };
+        let name = l
+            .name
+            .as_ref()
+            .map_or_else(|| l.address.get_ref().clone(), |n| n.get_ref().clone());
+        if listeners.iter().any(|x: &Listener| x.name == name) {
+            let at = l.name.as_ref().map_or(span.clone(), |n| n.span());
+            ck.error(at, format!("a listener named `{name}` is defined twice"));
+        }
+        if address.port() != 0 && listeners.iter().any(|x: &Listener| x.address == address) {
+            ck.error(
+                l.address.span(),
+                format!("address {address} is used by two listeners"),
+            );
+        }
+        listeners.push(Listener {
+            name,
+            address,
+            backlog: l.backlog.unwrap_or(1024),
+        });
+    }
+
+    let mut upstreams = Vec::new();
+    for (name, u) in raw.upstream {
+        if let Some(up) = resolve_upstream(name.get_ref(), u, ck) {
+            upstreams.push(up);
+        }
+    }
+
+    let mut routes = Vec::new();
+    for r in raw.route {
+        if let Some(route) = resolve_route(r, &listeners, &upstreams, &http, ck) {
+            routes.push(route);
+        }
+    }
+
+    // Build each listener's routing table now, so conflicts are reported by `weir check`.
+    for (i, _) in listeners.iter().enumerate() {
+        if let Err(errs) = crate::router::Router::build(&routes, i) {
+            for e in errs {
+                let line = routes[e.route].line;
+                ck.errors.push(ConfigError {
+                    file: ck.file.to_string(),
+                    line,
+                    column: 1,
+                    message: e.message,
+                });
+            }
+        }
+    }
+    ck.errors.dedup();
+
+    Some(Config {
+        server,
+        http,
+        listeners,
+        upstreams,
+        routes,
+    })
+}
+
+fn resolve_server(raw: Option<Spanned<ServerFile>>, ck: &mut Checker) -> Server {
+    let (span, s) = match raw {
+        Some(s) => (s.span(), s.into_inner()),
+        None => (0..0, ServerFile::default()),
+    };
+    let workers = match s.workers {
+        None | Some(WorkersFile::Auto) => Workers::Auto,
+        Some(WorkersFile::Count(n)) if (1..=1024).contains(&n) => Workers::Count(n as usize),
+        Some(WorkersFile::Count(n)) => {
+            ck.error(
+                span.clone(),
+                format!("workers = {n}: use 1 to 1024, or \"auto\""),
+            );
+            Workers::Auto
+        }
+    };
+    let ring_entries = s.ring_entries.unwrap_or(1024);
+    if !(256..=32768).contains(&ring_entries) || !ring_entries.is_power_of_two() {
+        ck.error(
+            span,
+            format!("ring_entries = {ring_entries}: use a power of two from 256 to 32768"),
+        );
+    }
+    Server {
+        workers,
+        pin: s.pin.unwrap_or(true),
+        io: s.io.unwrap_or(IoDriver::Auto),
+        ring: s.ring.unwrap_or(RingMode::Auto),
+        ring_entries,
+        drain_timeout: s.drain_timeout.map_or(Duration::from_secs(30), |d| d.0),
+    }
+}
+
+fn resolve_http(raw: Option<Spanned<HttpFile>>, ck: &mut Checker) -> HttpLimits {
+    let (span, h) = match raw {
+        Some(h) => (h.span(), h.into_inner()),
+        None => (0..0, HttpFile::default()),
+    };
+    let limits = HttpLimits {
+        max_head: h.max_head.map_or(16 << 10, |s| s.0 as usize),
+        max_uri: h.max_uri.map_or(8 << 10, |s| s.0 as usize),
+        max_headers: h.max_headers.map_or(100, |n| n as usize),
+        header_timeout: h.header_timeout.map_or(Duration::from_secs(60), |d| d.0),
+        body_timeout: h.body_timeout.map_or(Duration::from_secs(60), |d| d.0),
+        keepalive_timeout: h.keepalive_timeout.map_or(Duration::from_secs(75), |d| d.0),
+        keepalive_requests: h.keepalive_requests.unwrap_or(1000),
+        max_body: h.max_body.map_or(10 << 20, |s| s.0),
+    };
+    if !(1024..=1 << 20).contains(&limits.max_head) {
+        ck.error(span.clone(), "max_head must be between 1k and 1m");
+    }
+    if limits.max_uri < 64 || limits.max_uri > limits.max_head {
+        ck.error(
+            span.clone(),
+            "max_uri must be at least 64 bytes and no more than max_head",
+        );
+    }
+    if !(1..=crate::http::request::MAX_HEADERS).contains(&limits.max_headers) {
+        ck.error(span.clone(), "max_headers must be between 1 and 128");
+    }
+    for (name, d) in [
+        ("header_timeout", limits.header_timeout),
+        ("body_timeout", limits.body_timeout),
+        ("keepalive_timeout", limits.keepalive_timeout),
+    ] {
+        if d.is_zero() {
+            ck.error(span.clone(), format!("{name} must be more than zero"));
+        }
+    }
+    if limits.keepalive_requests == 0 {
+        ck.error(span, "keepalive_requests must be at least 1");
+    }
+    limits
+}
+
+fn resolve_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if !s.contains(':') {
+        return Err(format!("`{s}` needs a port, like `{s}:8080`"));
+    }
+    // A host name: resolved here, once, never on a worker loop.
+    match s.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("`{s}` resolves to no address")),
+        Err(e) => Err(format!("cannot resolve `{s}`: {e}")),
+    }
+}
+
+fn resolve_upstream(name: &str, raw: Spanned<UpstreamFile>, ck: &mut Checker) -> Option<Upstream> {
+    let span = raw.span();
+    let u = raw.into_inner();
+    let targets_span = u.targets.span();
+    let mut targets = Vec::new();
+    for t in u.targets.into_inner() {
+        let tspan = t.span();
+        let (authority, weight) = match t.into_inner() {
+            TargetFile::Plain(a) => (a, 1),
+            TargetFile::Table(t) => (t.address, t.weight.unwrap_or(1)),
+        };
+        if !(1..=1000).contains(&weight) {
+            ck.error(tspan.clone(), "weight must be between 1 and 1000");
+        }
+        match resolve_addr(&authority) {
+            Ok(addr) => targets.push(Target {
+                authority,
+                addr,
+                weight,
+            }),
+            Err(msg) => ck.error(tspan, msg),
+        }
+    }
+    if targets.is_empty() {
+        ck.error(targets_span, format!("upstream `{name}` has no targets"));
+    }
+    let d = |v: Option<Dur>, default: u64| v.map_or(Duration::from_secs(default), |d| d.0);
+    let up = Upstream {
+        name: name.to_string(),
+        targets,
+        balance: u.balance.unwrap_or(Balance::RoundRobin),
+        connect_timeout: d(u.connect_timeout, 5),
+        response_timeout: d(u.response_timeout, 60),
+        max_idle: u.max_idle.unwrap_or(64) as usize,
+        idle_timeout: d(u.idle_timeout, 60),
+        max_fails: u.max_fails.unwrap_or(3),
+        fail_timeout: d(u.fail_timeout, 10),
+    };
+    if up.connect_timeout.is_zero() || up.response_timeout.is_zero() {
+        ck.error(
+            span,
+            "connect_timeout and response_timeout must be more than zero",
+        );
+    }
+    Some(up)
+}
+
+fn resolve_route(
+    raw: Spanned<RouteFile>,
+    listeners: &[Listener],
+    upstreams: &[Upstream],
+    http: &HttpLimits,
+    ck: &mut Checker,
+) -> Option<Route> {
+    let span = raw.span();
+    let line = ck.position(span.start).0;
+    let r = raw.into_inner();
+    let mut ok = true;
+
+    let path = r.path.get_ref().clone();
+    if !path.starts_with('/') {
+        ck.error(r.path.span(), format!("path `{path}` must start with `/`"));
+        ok = false;
+    }
+
+    let host = match &r.host {
+        None => HostPattern::Default,
+        Some(h) => match parse_host_pattern(h.get_ref()) {
+            Ok(p) => p,
+            Err(msg) => {
+                ck.error(h.span(), msg);
+                ok = false;
+                HostPattern::Default
+            }
+        },
+    };
+
+    let methods = match &r.methods {
+        None => None,
+        Some(m) => {
+            if m.get_ref().is_empty() {
+                ck.error(
+                    m.span(),
+                    "methods is empty: leave it out to allow any method",
+                );
+                ok = false;
+            }
+            for method in m.get_ref() {
+                if method.is_empty() || !method.bytes().all(is_tchar) {
+                    ck.error(m.span(), format!("`{method}` is not a valid HTTP method"));
+                    ok = false;
+                }
+            }
+            Some(m.get_ref().clone())
+        }
+    };
+
+    let listener = match &r.listener {
+        None => None,
+        Some(name) => match listeners.iter().position(|l| &l.name == name.get_ref()) {
+            Some(i) => Some(i),
+            None => {
+                let known: Vec<_> = listeners.iter().map(|l| l.name.as_str()).collect();
+                ck.error(
+                    name.span(),
+                    format!(
+                        "no listener is named `{}` (listeners: {})",
+                        name.get_ref(),
+                        known.join(", ")
+                    ),
+                );
+                ok = false;
+                None
+            }
+        },
+    };
+
+    let integration = match (&r.upstream, r.mock) {
+        (Some(_), Some(m)) => {
+            ck.error(
+                m.span(),
+                "a route has either `upstream` or `mock`, not both",
+            );
+            return None;
+        }
+        (None, None) => {
+            ck.error(
+                span,
+                "this route has no integration: add `upstream = \"NAME\"` or `mock = { ... }`",
+            );
+            return None;
+        }
+        (None, Some(m)) => {
+            for (key, present) in [
+                ("strip_prefix", r.strip_prefix.is_some()),
+                ("add_prefix", r.add_prefix.is_some()),
+                ("preserve_host", r.preserve_host.is_some()),
+                ("set_host", r.set_host.is_some()),
+            ] {
+                if present {
+                    ck.error(
+                        span.clone(),
+                        format!("`{key}` applies to upstream routes, not to a mock"),
+                    );
+                    ok = false;
+                }
+            }
+            Integration::Mock(resolve_mock(m, ck)?)
+        }
+        (Some(name), None) => {
+            let Some(upstream) = upstreams.iter().position(|u| &u.name == name.get_ref()) else {
+                ck.error(
+                    name.span(),
+                    format!("no [upstream.{}] is defined for this route", name.get_ref()),
+                );
+                return None;
+            };
+            let prefix = |p: &Option<Spanned<String>>, ck: &mut Checker| -> Option<String> {
+                let p = p.as_ref()?;
+                let v = p.get_ref();
+                if !v.starts_with('/')
+                    || (v.len() > 1 && v.ends_with('/'))
+                    || v.contains(['?', '#'])
+                {
+                    ck.error(
+                        p.span(),
+                        format!(
+                            "`{v}` must start with `/`, not end with `/`, and have no `?` or `#`"
+                        ),
+                    );
+                }
+                Some(v.clone())
+            };
+            let strip_prefix = prefix(&r.strip_prefix, ck);
+            let add_prefix = prefix(&r.add_prefix, ck);
+            let host = match (r.preserve_host, &r.set_host) {
+                (Some(true), Some(h)) => {
+                    ck.error(
+                        h.span(),
+                        "use either `preserve_host` or `set_host`, not both",
+                    );
+                    HostRewrite::Preserve
+                }
+                (Some(true), None) => HostRewrite::Preserve,
+                (_, Some(h)) => {
+                    if h.get_ref().is_empty() || !h.get_ref().bytes().all(is_host_byte) {
+                        ck.error(h.span(), format!("`{}` is not a valid Host", h.get_ref()));
+                    }
+                    HostRewrite::Fixed(h.get_ref().clone())
+                }
+                _ => HostRewrite::Target,
+            };
+            Integration::Http(HttpIntegration {
+                upstream,
+                strip_prefix,
+                add_prefix,
+                host,
+            })
+        }
+    };
+
+    if !ok {
+        return None;
+    }
+    Some(Route {
+        line,
+        listener,
+        host,
+        path,
+        methods,
+        integration,
+        max_body: r.max_body.map_or(http.max_body, |s| s.0),
+    })
+}
+
+fn resolve_mock(raw: Spanned<MockFile>, ck: &mut Checker) -> Option<Mock> {
+    let span = raw.span();
+    let m = raw.into_inner();
+    let status = m.status.unwrap_or(200);
+    if !(200..=599).contains(&status) {
+        ck.error(
+            span.clone(),
+            format!("mock status {status} must be 200 to 599"),
+        );
+        return None;
+    }
+    let mut headers = Vec::new();
+    for (name, value) in m.headers.unwrap_or_default() {
+        let lower = name.to_ascii_lowercase();
+        if name.is_empty() || !name.bytes().all(is_tchar) {
+            ck.error(span.clone(), format!("`{name}` is not a valid header name"));
+        } else if crate::http::is_framing_or_hop_header(lower.as_bytes()) {
+            ck.error(
+                span.clone(),
+                format!("header `{name}` is set by Weir itself and cannot be mocked"),
+            );
+        } else if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            ck.error(
+                span.clone(),
+                format!("the value of header `{name}` has a control character"),
+            );
+        } else {
+            headers.push((name, value));
+        }
+    }
+    Some(Mock {
+        status,
+        headers,
+        body: m.body.unwrap_or_default(),
+    })
+}
+
+fn parse_host_pattern(h: &str) -> Result<HostPattern, String> {
+    let lower = h.to_ascii_lowercase();
+    if let Some(suffix) = lower.strip_prefix("*.") {
+        if suffix.is_empty() || suffix.contains('*') || !suffix.bytes().all(is_host_byte) {
+            return Err(format!("`{h}` is not a valid wildcard host"));
+        }
+        return Ok(HostPattern::Wildcard(format!(".{suffix}")));
+    }
+    if lower.is_empty() || lower.contains('*') || !lower.bytes().all(is_host_byte) {
+        return Err(format!(
+            "`{h}` is not a valid host: use `api.example.com` or `*.example.com`"
+        ));
+    }
+    Ok(HostPattern::Exact(lower))
+}
+
+/// `tchar` from RFC 9110 §5.6.2: the bytes allowed in methods and header names.
+pub fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Bytes allowed in a `Host` value (reg-name, IP literal, port).
+pub fn is_host_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(src: &str) -> Vec<String> {
+        match parse(src, "t.toml") {
+            Ok(_) => vec![],
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("2x"), None);
+        assert_eq!(parse_size("16k"), Some(16384));
+        assert_eq!(parse_size("10M"), Some(10 << 20));
+        assert_eq!(parse_size("12"), Some(12));
+        assert_eq!(parse_size("k"), None);
+    }
+
+    #[test]
+    fn unknown_key_names_its_line() {
+        let e = errors("[[listener]]\naddress = \"127.0.0.1:0\"\nbogus = 1\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("t.toml:3:"), "{e:?}");
+        assert!(e[0].contains("bogus"), "{e:?}");
+    }
+
+    #[test]
+    fn every_semantic_error_is_reported() {
+        let src = r#"
+[[listener]]
+address = "127.0.0.1:0"
+
+[[route]]
+path = "/a"
+upstream = "missing"
+
+[[route]]
+path = "nope"
+mock = { status = 200 }
+"#;
+        let e = errors(src);
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].starts_with("t.toml:7:") && e[0].contains("missing"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("t.toml:10:") && e[1].contains("start with"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_good_file_resolves() {
+        let src = r#"
+[server]
+workers = 2
+drain_timeout = "5s"
+
+[[listener]]
+name = "public"
+address = "127.0.0.1:0"
+
+[upstream.users]
+targets = ["127.0.0.1:9001", { address = "localhost:9002", weight = 3 }]
+balance = "least_outstanding"
+
+[[route]]
+host = "*.Example.com"
+path = "/users/{id}"
+methods = ["GET", "PUT"]
+upstream = "users"
+listener = "public"
+
+[[route]]
+path = "/health"
+mock = { status = 200, body = '{"ok":true}', headers = { "content-type" = "application/json" } }
+"#;
+        let c = parse(src, "t.toml").unwrap();
+        assert_eq!(c.server.workers, Workers::Count(2));
+        assert_eq!(c.upstreams[0].targets[1].weight, 3);
+        assert_eq!(
+            c.routes[0].host,
+            HostPattern::Wildcard(".example.com".into())
+        );
+        assert_eq!(c.routes[0].listener, Some(0));
+        assert_eq!(c.routes[1].max_body, 10 << 20);
+    }
+}

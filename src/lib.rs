@@ -1,0 +1,21 @@
+//! Weir: an io_uring, thread-per-core edge proxy and API gateway.
+//!
+//! A request flows through these modules in this order:
+//!
+//! - [`server`]: binds listeners, starts one pinned [`worker`] per core, handles signals;
+//! - [`worker`]: per-core state and accept loops; each connection goes to [`proxy`];
+//! - [`proxy`]: the request path: read a head ([`http`]), route it ([`router`]), run the
+//!   route's stages, integrate (mock, or an [`upstream`] with [`rewrite`]n headers), respond.
+//!
+//! [`config`] reads and checks the file once; [`gateway`] compiles it into what workers share.
+
+pub mod config;
+pub mod gateway;
+pub mod http;
+pub mod net;
+pub mod proxy;
+pub mod rewrite;
+pub mod router;
+pub mod server;
+pub mod upstream;
+pub mod worker;

@@ -1,0 +1,139 @@
+//! The `weir` command: `run`, `check`, `--version`, `--help`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const HELP: &str = "\
+weir: an io_uring, thread-per-core edge proxy and API gateway
+
+USAGE:
+    weir run -c FILE      start the gateway with the config FILE
+    weir check -c FILE    check a config and print every error with file:line:column
+    weir --version        print the version
+    weir --help           print this help
+
+SIGNALS:
+    SIGTERM, SIGINT       stop accepting, let in-flight requests finish (up to
+                          [server] drain_timeout), then exit 0; a second signal exits now
+
+The config format is described in docs/config.md.";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("-V" | "--version" | "version") => {
+            println!("weir {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Some("-h" | "--help" | "help") | None => {
+            println!("{HELP}");
+            ExitCode::SUCCESS
+        }
+        Some(cmd @ ("run" | "check")) => match config_path(&args[1..]) {
+            Ok(path) if cmd == "run" => run(path),
+            Ok(path) => check(path),
+            Err(msg) => fail(&msg),
+        },
+        Some(other) => fail(&format!("unknown command `{other}`; see `weir --help`")),
+    }
+}
+
+fn config_path(args: &[String]) -> Result<PathBuf, String> {
+    match args {
+        [flag, path] if flag == "-c" || flag == "--config" => Ok(PathBuf::from(path)),
+        _ => Err("expected `-c FILE`; see `weir --help`".into()),
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("weir: {msg}");
+    ExitCode::from(1)
+}
+
+fn check(path: PathBuf) -> ExitCode {
+    match weir::config::load(&path) {
+        Ok(config) => {
+            println!(
+                "{}: ok ({} listeners, {} upstreams, {} routes)",
+                path.display(),
+                config.listeners.len(),
+                config.upstreams.len(),
+                config.routes.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!(
+                "{}: {} error{}",
+                path.display(),
+                errors.0.len(),
+                if errors.0.len() == 1 { "" } else { "s" }
+            );
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(path: PathBuf) -> ExitCode {
+    let config = match weir::config::load(&path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(1);
+        }
+    };
+    let drain = config.server.drain_timeout;
+    // Registered before the workers start, so an early signal is never fatal.
+    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+        Ok(s) => s,
+        Err(e) => return fail(&format!("cannot handle signals: {e}")),
+    };
+    let running = match weir::server::start(config) {
+        Ok(r) => r,
+        Err(msg) => return fail(&msg),
+    };
+    for (name, addr) in &running.addresses {
+        eprintln!("weir: listening on http://{addr} (listener `{name}`)");
+    }
+    let cpus: Vec<String> = running
+        .cpus
+        .iter()
+        .map(|c| c.map_or("-".into(), |c| c.to_string()))
+        .collect();
+    eprintln!(
+        "weir: {} worker{} on {}, pinned to CPUs [{}]",
+        running.workers,
+        if running.workers == 1 { "" } else { "s" },
+        running.driver,
+        cpus.join(", ")
+    );
+
+    let first = signals.forever().next();
+    eprintln!(
+        "weir: {}: draining (up to {:?})",
+        if first == Some(SIGINT) {
+            "SIGINT"
+        } else {
+            "SIGTERM"
+        },
+        drain
+    );
+    running.shutdown_flag().store(true, Ordering::Relaxed);
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            eprintln!("weir: second signal: exiting now");
+            std::process::exit(1);
+        }
+    });
+    running.wait();
+    eprintln!("weir: stopped");
+    ExitCode::SUCCESS
+}

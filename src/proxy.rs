@@ -1,0 +1,837 @@
+//! The request path. One task per client connection drives both directions:
+//!
+//! 1. **read** a request head into the connection's reused buffer ([`Connection::read_head`]);
+//! 2. **route** it by host, path and method ([`crate::router`]);
+//! 3. run the route's **stages** in order: authorize, throttle, cache (later issues hook in
+//!    at the marked place in [`Connection::handle`]);
+//! 4. **integrate**: a mock response, or the upstream ([`Connection::proxy`]);
+//! 5. **respond**, then loop for the next request on the connection (keep-alive, pipelining).
+//!
+//! Must not: allocate per request (buffers come from the worker and are reused), log per
+//! request, or let one request's failure reach another connection: every error becomes a
+//! status for this client or a close of this connection.
+
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use bytes::{Buf, BytesMut};
+use monoio::buf::IoBuf;
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::TcpStream;
+use monoio::time::{timeout, timeout_at, Instant};
+
+use crate::config::{HttpIntegration, Integration, Route, Upstream};
+use crate::http::write::{error_response, Trailer, CONTINUE};
+use crate::http::{
+    parse_request, parse_response, BodyFraming, ChunkedDecoder, Reject, RequestHead, ResponseHead,
+};
+use crate::net::read_more;
+use crate::rewrite::{self, ForwardRequest, ForwardResponse};
+use crate::router::RouteMatch;
+use crate::upstream::{self, ConnectError, Tried};
+use crate::worker::Worker;
+
+/// Read size for request and response bodies.
+const BODY_CHUNK: usize = 32 * 1024;
+
+/// Serves one client connection until it closes.
+pub async fn serve(worker: Rc<Worker>, listener: usize, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let mut conn = Connection::new(worker, listener, stream, peer);
+    conn.run().await;
+    conn.release();
+}
+
+/// What the request's head said, kept after the head's bytes are consumed.
+#[derive(Debug, Clone, Copy, Default)]
+struct RequestFacts {
+    is_head: bool,
+    http10: bool,
+    keep_alive: bool,
+    idempotent: bool,
+    expect_continue: bool,
+}
+
+/// Where the request body stands.
+enum BodyState {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+}
+
+impl BodyState {
+    fn is_done(&self) -> bool {
+        match self {
+            BodyState::Length(n) => *n == 0,
+            BodyState::Chunked(d) => d.is_done(),
+        }
+    }
+
+    /// How many bytes at the start of `input` belong to the body; errors on bad framing or
+    /// a body over `max`.
+    fn take(&mut self, input: &[u8], max: u64) -> Result<usize, BodyError> {
+        match self {
+            BodyState::Length(n) => {
+                let take = (*n).min(input.len() as u64);
+                *n -= take;
+                Ok(take as usize)
+            }
+            BodyState::Chunked(d) => {
+                let take = d.scan(input).map_err(|_| BodyError::Malformed)?;
+                if d.data_len() > max {
+                    return Err(BodyError::TooLarge);
+                }
+                Ok(take)
+            }
+        }
+    }
+}
+
+enum BodyError {
+    ClientGone,
+    Timeout,
+    TooLarge,
+    Malformed,
+    Upstream,
+}
+
+/// How relaying a response failed.
+enum RelayError {
+    /// Not one byte of a response arrived: the connection was dead or reset.
+    NothingReceived,
+    /// No complete response head within the response timeout.
+    Timeout,
+    /// The upstream sent something that is not a valid response head.
+    BadHead,
+    /// The head went to the client, then the upstream or the client failed: close.
+    Broken,
+}
+
+enum HeadRead {
+    Ready,
+    Closed,
+    Rejected(Reject),
+    TimedOut,
+}
+
+struct Connection {
+    worker: Rc<Worker>,
+    listener: usize,
+    stream: TcpStream,
+    client_ip: [u8; 46],
+    client_ip_len: usize,
+    /// Client bytes: the current head, then body or pipelined requests.
+    buf: BytesMut,
+    /// What Weir writes next (to the client or the upstream).
+    out: Vec<u8>,
+    /// Upstream response bytes.
+    ubuf: BytesMut,
+    head: RequestHead,
+    response: ResponseHead,
+    facts: RequestFacts,
+    served: u32,
+    request_id: [u8; 200],
+    request_id_len: usize,
+    sent_continue: bool,
+}
+
+impl Connection {
+    fn new(worker: Rc<Worker>, listener: usize, stream: TcpStream, peer: SocketAddr) -> Self {
+        let mut client_ip = [0u8; 46];
+        let client_ip_len = {
+            use std::io::Write;
+            let mut cursor = io::Cursor::new(&mut client_ip[..]);
+            let _ = write!(cursor, "{}", peer.ip());
+            cursor.position() as usize
+        };
+        let buf = worker.take_read_buffer();
+        let out = worker.take_write_buffer();
+        Connection {
+            worker,
+            listener,
+            stream,
+            client_ip,
+            client_ip_len,
+            buf,
+            out,
+            ubuf: BytesMut::new(),
+            head: RequestHead::default(),
+            response: ResponseHead::default(),
+            facts: RequestFacts::default(),
+            served: 0,
+            request_id: [0; 200],
+            request_id_len: 0,
+            sent_continue: false,
+        }
+    }
+
+    /// Gives the buffers back to the worker for the next connection.
+    fn release(self) {
+        self.worker.give_read_buffer(self.buf);
+        self.worker.give_write_buffer(self.out);
+        if self.ubuf.capacity() > 0 {
+            self.worker.give_read_buffer(self.ubuf);
+        }
+    }
+
+    async fn run(&mut self) {
+        loop {
+            match self.read_head().await {
+                HeadRead::Ready => {}
+                HeadRead::Closed => return,
+                HeadRead::Rejected(reject) => {
+                    self.new_request_id(false);
+                    self.write_error(reject.status, None, true).await;
+                    return;
+                }
+                HeadRead::TimedOut => {
+                    self.new_request_id(false);
+                    self.write_error(408, None, true).await;
+                    return;
+                }
+            }
+            self.served += 1;
+            let _in_flight = self.worker.request_started();
+            if !self.handle().await {
+                return;
+            }
+        }
+    }
+
+    /// Reads until `buf` starts with a complete request head.
+    async fn read_head(&mut self) -> HeadRead {
+        let limits = &self.worker.gateway.config.http;
+        let (header_timeout, idle_timeout) = (limits.header_timeout, limits.keepalive_timeout);
+        // The first request gets the header timeout from the start (nginx
+        // client_header_timeout); later ones may idle for the keep-alive timeout first.
+        let mut deadline = (self.served == 0).then(|| Instant::now() + header_timeout);
+        loop {
+            if !self.buf.is_empty() {
+                let limits = &self.worker.gateway.config.http;
+                match parse_request(&self.buf, limits, &mut self.head) {
+                    Ok(true) => return HeadRead::Ready,
+                    Ok(false) => {}
+                    Err(reject) => return HeadRead::Rejected(reject),
+                }
+                deadline.get_or_insert_with(|| Instant::now() + header_timeout);
+            }
+            let wait_until = deadline.unwrap_or_else(|| Instant::now() + idle_timeout);
+            let max_head = self.worker.gateway.config.http.max_head;
+            let room = (max_head - self.buf.len().min(max_head)).clamp(1, 16 * 1024);
+            let buf = std::mem::take(&mut self.buf);
+            match timeout_at(wait_until, read_more(&mut self.stream, buf, room)).await {
+                // The read owned the buffer and is gone with it; the connection closes.
+                // A head that was due gets a 408; an idle keep-alive connection just closes.
+                Err(_) if deadline.is_some() => return HeadRead::TimedOut,
+                Err(_) => return HeadRead::Closed,
+                Ok((Ok(0), buf)) => {
+                    self.buf = buf;
+                    return HeadRead::Closed;
+                }
+                Ok((Ok(_), buf)) => self.buf = buf,
+                Ok((Err(_), buf)) => {
+                    self.buf = buf;
+                    return HeadRead::Closed;
+                }
+            }
+        }
+    }
+
+    /// One request, from routing to the end of its response. Returns whether the
+    /// connection stays open.
+    async fn handle(&mut self) -> bool {
+        let worker = self.worker.clone();
+        let gateway = &*worker.gateway;
+        let (buf, head) = (&self.buf[..], &self.head);
+        self.facts = RequestFacts {
+            is_head: head.is_head(buf),
+            http10: head.minor_version == 0,
+            keep_alive: head.keep_alive,
+            idempotent: head.is_idempotent(buf),
+            expect_continue: head.expect_continue,
+        };
+        self.sent_continue = false;
+        self.new_request_id(true);
+
+        let buf = &self.buf[..];
+        let found = gateway.routers[self.listener].lookup(
+            self.head.host.of(buf),
+            self.head.path(buf),
+            self.head.method.of(buf),
+        );
+        let route_id = match found {
+            RouteMatch::Found(id) => id as usize,
+            RouteMatch::NotFound => return self.respond_error(404, None).await,
+            RouteMatch::MethodNotAllowed { allow } => {
+                return self.respond_error(405, Some(allow)).await
+            }
+        };
+        let route = &gateway.config.routes[route_id];
+        if let BodyFraming::Length(n) = self.head.framing {
+            if n > route.max_body {
+                return self.write_error(413, None, true).await;
+            }
+        }
+
+        // Stages run here, in this order, each able to answer on its own:
+        // authorize (API keys, JWT) -> throttle (rate, burst, quota) -> cache.
+
+        match &route.integration {
+            Integration::Mock(_) => {
+                let mock = gateway.mocks[route_id]
+                    .as_ref()
+                    .expect("mock rendered at start");
+                if !self.discard_body(route).await {
+                    return false;
+                }
+                let close = !self.keeps_alive();
+                let date = worker.date();
+                let trailer = trailer(
+                    &self.request_id[..self.request_id_len],
+                    &date,
+                    close,
+                    self.facts.http10,
+                );
+                mock.write(&mut self.out, self.facts.is_head, &trailer);
+                self.flush_to_client().await.is_ok() && !close
+            }
+            Integration::Http(integration) => self.proxy(route, integration).await,
+        }
+    }
+
+    /// Whether the connection may carry another request after this one.
+    fn keeps_alive(&self) -> bool {
+        let limits = &self.worker.gateway.config.http;
+        self.facts.keep_alive
+            && self.served < limits.keepalive_requests
+            && !self.worker.is_draining()
+    }
+
+    /// Uses the client's `X-Request-Id` when it sent a usable one, else makes one.
+    fn new_request_id(&mut self, from_head: bool) {
+        if from_head {
+            if let Some(span) = self.head.request_id {
+                let v = span.of(&self.buf);
+                self.request_id[..v.len()].copy_from_slice(v);
+                self.request_id_len = v.len();
+                return;
+            }
+        }
+        let mut id = [0u8; 32];
+        self.worker.next_request_id(&mut id);
+        self.request_id[..32].copy_from_slice(&id);
+        self.request_id_len = 32;
+    }
+
+    /// Answers with an error before the request body was read. The connection stays open
+    /// only if nothing of the request remains unread.
+    async fn respond_error(&mut self, status: u16, allow: Option<&[u8]>) -> bool {
+        let close = self.head.has_body();
+        if !close {
+            self.buf.advance(self.head.len);
+        }
+        self.write_error(status, allow, close).await
+    }
+
+    async fn write_error(&mut self, status: u16, allow: Option<&[u8]>, force_close: bool) -> bool {
+        let close = force_close || !self.keeps_alive();
+        let date = self.worker.date();
+        self.out.clear();
+        let trailer = trailer(
+            &self.request_id[..self.request_id_len],
+            &date,
+            close,
+            self.facts.http10,
+        );
+        error_response(&mut self.out, status, allow, &trailer);
+        self.flush_to_client().await.is_ok() && !close
+    }
+
+    async fn body_error(&mut self, e: BodyError) -> bool {
+        match e {
+            BodyError::ClientGone => false,
+            BodyError::Timeout => self.write_error(408, None, true).await,
+            BodyError::TooLarge => self.write_error(413, None, true).await,
+            BodyError::Malformed => self.write_error(400, None, true).await,
+            BodyError::Upstream => self.write_error(502, None, true).await,
+        }
+    }
+
+    /// Writes `out` to the client and clears it.
+    async fn flush_to_client(&mut self) -> io::Result<()> {
+        let out = std::mem::take(&mut self.out);
+        let send_timeout = self.worker.gateway.config.http.body_timeout;
+        match timeout(send_timeout, self.stream.write_all(out)).await {
+            Ok((res, mut out)) => {
+                out.clear();
+                self.out = out;
+                res.map(|_| ())
+            }
+            Err(_) => Err(io::ErrorKind::TimedOut.into()),
+        }
+    }
+
+    /// The body bytes already in `buf` after the head: how many, and the body's state.
+    fn buffered_body(&self, max_body: u64) -> Result<(usize, BodyState), BodyError> {
+        let after_head = &self.buf[self.head.len..];
+        let mut state = match self.head.framing {
+            BodyFraming::Chunked => BodyState::Chunked(ChunkedDecoder::new()),
+            BodyFraming::Length(n) => BodyState::Length(n),
+            BodyFraming::None | BodyFraming::UntilClose => BodyState::Length(0),
+        };
+        let taken = state.take(after_head, max_body)?;
+        Ok((taken, state))
+    }
+
+    /// Reads and drops the request body (mock integrations ignore it, as API Gateway's do).
+    /// Returns false if the connection must close.
+    async fn discard_body(&mut self, route: &Route) -> bool {
+        if !self.head.has_body() {
+            self.buf.advance(self.head.len);
+            return true;
+        }
+        if self.facts.expect_continue {
+            // The client waits before sending the body; answer without it and close.
+            self.facts.keep_alive = false;
+            self.buf.advance(self.head.len);
+            return true;
+        }
+        let (taken, mut state) = match self.buffered_body(route.max_body) {
+            Ok(b) => b,
+            Err(e) => return self.body_error(e).await,
+        };
+        self.buf.advance(self.head.len + taken);
+        match self.pump_body(None, &mut state, route.max_body).await {
+            Ok(()) => true,
+            Err(e) => self.body_error(e).await,
+        }
+    }
+
+    /// Moves the rest of the request body from the client to `upstream` (or nowhere),
+    /// one read at a time, keeping any pipelined bytes that follow it.
+    async fn pump_body(
+        &mut self,
+        mut upstream: Option<&mut TcpStream>,
+        state: &mut BodyState,
+        max_body: u64,
+    ) -> Result<(), BodyError> {
+        let body_timeout = self.worker.gateway.config.http.body_timeout;
+        while !state.is_done() {
+            if self.buf.is_empty() {
+                let buf = std::mem::take(&mut self.buf);
+                match timeout(body_timeout, read_more(&mut self.stream, buf, BODY_CHUNK)).await {
+                    Err(_) => return Err(BodyError::Timeout),
+                    Ok((Ok(0) | Err(_), buf)) => {
+                        self.buf = buf;
+                        return Err(BodyError::ClientGone);
+                    }
+                    Ok((Ok(_), buf)) => self.buf = buf,
+                }
+            }
+            let take = state.take(&self.buf, max_body)?;
+            if let Some(up) = upstream.as_deref_mut() {
+                let buf = std::mem::take(&mut self.buf);
+                match timeout(body_timeout, up.write_all(buf.slice(..take))).await {
+                    Ok((Ok(_), slice)) => self.buf = slice.into_inner(),
+                    Ok((Err(_), slice)) => {
+                        self.buf = slice.into_inner();
+                        return Err(BodyError::Upstream);
+                    }
+                    Err(_) => return Err(BodyError::Upstream),
+                }
+            }
+            self.buf.advance(take);
+        }
+        Ok(())
+    }
+
+    /// The HTTP integration: choose a target, send the request, relay the response, retry
+    /// where that is safe (see docs/config.md, "Retries").
+    async fn proxy(&mut self, route: &Route, integration: &HttpIntegration) -> bool {
+        let worker = self.worker.clone();
+        let group = integration.upstream;
+        let upstream = &worker.gateway.config.upstreams[group];
+        let health = &worker.gateway.upstreams[group].health;
+
+        let (buffered, mut body) = match self.buffered_body(route.max_body) {
+            Ok(b) => b,
+            Err(e) => return self.body_error(e).await,
+        };
+        let whole_body_buffered = body.is_done();
+        let mut tried = Tried::default();
+        let mut failure = 503;
+        let mut fresh_only = false;
+
+        loop {
+            let picked = worker.pools.borrow_mut().groups[group].pick(tried);
+            let Some(target) = picked else {
+                return self.write_error(failure, None, true).await;
+            };
+            let pooled = if fresh_only {
+                None
+            } else {
+                worker.pools.borrow_mut().groups[group].take_idle(target)
+            };
+            let reused = pooled.is_some();
+            let mut conn = match pooled {
+                Some(c) => c,
+                None => {
+                    match upstream::connect(upstream.targets[target].addr, upstream.connect_timeout)
+                        .await
+                    {
+                        Ok(c) => c,
+                        Err(e) => {
+                            // Nothing was sent: any method may go to another target.
+                            health[target].failure(upstream);
+                            tried.add(target);
+                            failure = match e {
+                                ConnectError::Timeout => 504,
+                                ConnectError::Io(_) => 502,
+                            };
+                            continue;
+                        }
+                    }
+                }
+            };
+
+            // The head and every body byte already read go out in one write.
+            self.out.clear();
+            let mut out = std::mem::take(&mut self.out);
+            rewrite::request_head(
+                &mut out,
+                &ForwardRequest {
+                    buf: &self.buf,
+                    head: &self.head,
+                    route: integration,
+                    target_authority: upstream.targets[target].authority.as_bytes(),
+                    client_ip: &self.client_ip[..self.client_ip_len],
+                    request_id: &self.request_id[..self.request_id_len],
+                    proto: b"http",
+                },
+            );
+            out.extend_from_slice(&self.buf[self.head.len..self.head.len + buffered]);
+            let (written, mut out) = conn.write_all(out).await;
+            out.clear();
+            self.out = out;
+            if written.is_err() {
+                if reused {
+                    // A pooled connection found dead before the request was written: any
+                    // method may be retried, on a fresh connection.
+                    fresh_only = true;
+                } else {
+                    health[target].failure(upstream);
+                    tried.add(target);
+                    failure = 502;
+                }
+                continue;
+            }
+
+            worker.pools.borrow_mut().groups[group].started(target);
+            let result = self
+                .send_rest_and_relay(
+                    &mut conn,
+                    &mut body,
+                    buffered,
+                    whole_body_buffered,
+                    route,
+                    upstream,
+                )
+                .await;
+            worker.pools.borrow_mut().groups[group].finished(target);
+
+            match result {
+                Ok((upstream_reusable, client_keep)) => {
+                    health[target].success();
+                    if upstream_reusable {
+                        worker.pools.borrow_mut().groups[group].put_idle(target, conn);
+                    }
+                    return client_keep;
+                }
+                Err(Failure::Body(e)) => return self.body_error(e).await,
+                Err(Failure::Relay(RelayError::NothingReceived)) => {
+                    // The request was written and nothing came back. A reused connection
+                    // was probably closed by the upstream while idle (not the target's
+                    // fault); a fresh one failing counts against the target.
+                    if reused {
+                        fresh_only = true;
+                    } else {
+                        health[target].failure(upstream);
+                        tried.add(target);
+                    }
+                    // Only an idempotent request whose body is still at hand is sent again.
+                    if whole_body_buffered && self.facts.idempotent {
+                        failure = 502;
+                        continue;
+                    }
+                    return self.write_error(502, None, true).await;
+                }
+                Err(Failure::Relay(RelayError::Timeout)) => {
+                    health[target].failure(upstream);
+                    return self.write_error(504, None, true).await;
+                }
+                Err(Failure::Relay(RelayError::BadHead)) => {
+                    health[target].failure(upstream);
+                    return self.write_error(502, None, true).await;
+                }
+                Err(Failure::Relay(RelayError::Broken)) => return false,
+            }
+        }
+    }
+
+    /// Sends what remains of the request body, then relays the response. On success returns
+    /// (upstream connection reusable, client connection stays open).
+    async fn send_rest_and_relay(
+        &mut self,
+        conn: &mut TcpStream,
+        body: &mut BodyState,
+        buffered: usize,
+        whole_body_buffered: bool,
+        route: &Route,
+        upstream: &Upstream,
+    ) -> Result<(bool, bool), Failure> {
+        if !whole_body_buffered {
+            // From here on the request cannot be replayed: its body streams through.
+            self.buf.advance(self.head.len + buffered);
+            if self.facts.expect_continue && buffered == 0 {
+                self.out.extend_from_slice(CONTINUE);
+                self.flush_to_client()
+                    .await
+                    .map_err(|_| Failure::Body(BodyError::ClientGone))?;
+                self.sent_continue = true;
+            }
+            self.pump_body(Some(conn), body, route.max_body)
+                .await
+                .map_err(Failure::Body)?;
+            let result = self.relay_response(conn, upstream).await;
+            return result.map_err(Failure::Relay);
+        }
+        let result = self.relay_response(conn, upstream).await;
+        if result.is_ok() {
+            self.buf.advance(self.head.len + buffered);
+        }
+        result.map_err(Failure::Relay)
+    }
+
+    /// Reads the upstream's response and streams it to the client with its own framing.
+    async fn relay_response(
+        &mut self,
+        conn: &mut TcpStream,
+        upstream: &Upstream,
+    ) -> Result<(bool, bool), RelayError> {
+        let wait = upstream.response_timeout;
+        let mut ubuf = match std::mem::take(&mut self.ubuf) {
+            b if b.capacity() > 0 => b,
+            _ => self.worker.take_read_buffer(),
+        };
+        ubuf.clear();
+
+        // The head, after any 1xx responses.
+        loop {
+            let (n, b) = match timeout(wait, read_more(conn, ubuf, 4096)).await {
+                Err(_) => return Err(RelayError::Timeout),
+                Ok((res, b)) => (res, b),
+            };
+            ubuf = b;
+            match n {
+                Ok(0) | Err(_) if ubuf.is_empty() => {
+                    self.ubuf = ubuf;
+                    return Err(RelayError::NothingReceived);
+                }
+                Ok(0) | Err(_) => {
+                    self.ubuf = ubuf;
+                    return Err(RelayError::BadHead);
+                }
+                Ok(_) => {}
+            }
+            loop {
+                match parse_response(&ubuf, self.facts.is_head, &mut self.response) {
+                    Ok(false) => break,
+                    Err(_) => {
+                        self.ubuf = ubuf;
+                        return Err(RelayError::BadHead);
+                    }
+                    Ok(true) if self.response.status == 101 => {
+                        // Upgrade is not forwarded (Weir strips it); a 101 is a protocol error.
+                        self.ubuf = ubuf;
+                        return Err(RelayError::BadHead);
+                    }
+                    Ok(true) if self.response.status < 200 => {
+                        if !(self.response.status == 100 && self.sent_continue) {
+                            rewrite::informational_head(&mut self.out, &ubuf, &self.response);
+                            if self.flush_to_client().await.is_err() {
+                                self.ubuf = ubuf;
+                                return Err(RelayError::Broken);
+                            }
+                        }
+                        ubuf.advance(self.response.len);
+                        if ubuf.is_empty() {
+                            break;
+                        }
+                    }
+                    Ok(true) => {
+                        let result = self.relay_body(conn, ubuf, upstream).await;
+                        return result;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes the response head and streams the body. Consumes the upstream buffer.
+    async fn relay_body(
+        &mut self,
+        conn: &mut TcpStream,
+        mut ubuf: BytesMut,
+        upstream: &Upstream,
+    ) -> Result<(bool, bool), RelayError> {
+        let framing = self.response.framing;
+        let mut close = !self.keeps_alive();
+        let until_close = framing == BodyFraming::UntilClose;
+        // An HTTP/1.0 client cannot take chunked: a body that ends at close closes it too.
+        if until_close && self.facts.http10 {
+            close = true;
+        }
+        let rechunk = until_close && !close;
+        rewrite::response_head(
+            &mut self.out,
+            &ubuf,
+            &self.response,
+            &ForwardResponse {
+                request_id: &self.request_id[..self.request_id_len],
+                close,
+                keep_alive_10: self.facts.http10 && !close,
+                chunked: rechunk,
+            },
+        );
+        ubuf.advance(self.response.len);
+
+        let mut remaining = match framing {
+            BodyFraming::Length(n) => n,
+            _ => 0,
+        };
+        let mut decoder = ChunkedDecoder::new();
+        let mut done = match framing {
+            BodyFraming::None => true,
+            BodyFraming::Length(n) => n == 0,
+            BodyFraming::Chunked | BodyFraming::UntilClose => false,
+        };
+        let mut clean = true;
+        // The first piece goes out with the head; later ones straight from the read buffer.
+        let mut first = true;
+        loop {
+            let take = if done {
+                0
+            } else {
+                match framing {
+                    BodyFraming::Length(_) => {
+                        let t = remaining.min(ubuf.len() as u64);
+                        remaining -= t;
+                        done = remaining == 0;
+                        t as usize
+                    }
+                    BodyFraming::Chunked => match decoder.scan(&ubuf) {
+                        Ok(t) => {
+                            done = decoder.is_done();
+                            t
+                        }
+                        Err(_) => {
+                            self.ubuf = ubuf;
+                            return Err(RelayError::Broken);
+                        }
+                    },
+                    _ => ubuf.len(),
+                }
+            };
+            if rechunk && take > 0 {
+                chunk_header(&mut self.out, take);
+                self.out.extend_from_slice(&ubuf[..take]);
+                self.out.extend_from_slice(b"\r\n");
+                ubuf.advance(take);
+            } else if first || take < 1024 {
+                self.out.extend_from_slice(&ubuf[..take]);
+                ubuf.advance(take);
+            } else {
+                // Large piece: send the pending bytes, then the piece without copying it.
+                if !self.out.is_empty() && self.flush_to_client().await.is_err() {
+                    return Err(RelayError::Broken);
+                }
+                let send_timeout = self.worker.gateway.config.http.body_timeout;
+                match timeout(send_timeout, self.stream.write_all(ubuf.slice(..take))).await {
+                    Ok((Ok(_), slice)) => ubuf = slice.into_inner(),
+                    _ => return Err(RelayError::Broken),
+                }
+                ubuf.advance(take);
+            }
+            first = false;
+            if done {
+                break;
+            }
+            if !self.out.is_empty() && self.flush_to_client().await.is_err() {
+                self.ubuf = ubuf;
+                return Err(RelayError::Broken);
+            }
+            ubuf.clear();
+            match timeout(upstream.response_timeout, read_more(conn, ubuf, BODY_CHUNK)).await {
+                Err(_) => return Err(RelayError::Broken),
+                Ok((Ok(0), b)) if until_close => {
+                    ubuf = b;
+                    if rechunk {
+                        self.out.extend_from_slice(b"0\r\n\r\n");
+                    }
+                    clean = false;
+                    break;
+                }
+                Ok((Ok(0) | Err(_), b)) => {
+                    self.ubuf = b;
+                    return Err(RelayError::Broken);
+                }
+                Ok((Ok(_), b)) => ubuf = b,
+            }
+        }
+        if !self.out.is_empty() && self.flush_to_client().await.is_err() {
+            self.ubuf = ubuf;
+            return Err(RelayError::Broken);
+        }
+        // Bytes after the end of the response mean the upstream broke framing: never reuse.
+        let reusable = clean && self.response.keep_alive && ubuf.is_empty();
+        ubuf.clear();
+        self.ubuf = ubuf;
+        Ok((reusable, !close))
+    }
+}
+
+enum Failure {
+    Body(BodyError),
+    Relay(RelayError),
+}
+
+fn chunk_header(out: &mut Vec<u8>, len: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        out.push(HEX[(len >> (4 * i)) & 0xf]);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn trailer<'a>(request_id: &'a [u8], date: &'a [u8], close: bool, http10: bool) -> Trailer<'a> {
+    Trailer {
+        date,
+        request_id,
+        close,
+        keep_alive_10: http10 && !close,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_headers_are_hex() {
+        let mut out = Vec::new();
+        chunk_header(&mut out, 0x1a2b);
+        chunk_header(&mut out, 1);
+        assert_eq!(out, b"1a2b\r\n1\r\n");
+    }
+}

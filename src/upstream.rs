@@ -1,0 +1,301 @@
+//! Upstream groups: choosing a target, connecting, and keeping idle connections.
+//!
+//! Owns: each worker's keep-alive pools and balancer state ([`Pools`], never shared), and
+//! the passive health of each target ([`TargetHealth`], shared by all workers through
+//! atomics so that every worker learns of a failing target at once).
+//!
+//! Must not: take a lock, or hand out a pooled connection that it has not checked is
+//! still open.
+
+use std::io;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+
+use crate::config::{Balance, Upstream};
+
+/// Passive health of one target, shared by all workers.
+#[derive(Debug, Default)]
+pub struct TargetHealth {
+    consecutive_failures: AtomicU32,
+    /// Milliseconds since [`epoch`] until which the target is left out; 0 when up.
+    down_until_ms: AtomicU64,
+}
+
+impl TargetHealth {
+    fn is_up(&self, now_ms: u64) -> bool {
+        self.down_until_ms.load(Ordering::Relaxed) <= now_ms
+    }
+
+    /// Records a success. Cheap when nothing failed: a load, no store.
+    pub fn success(&self) {
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a failure; the `max_fails`-th in a row leaves the target out for `fail_timeout`.
+    pub fn failure(&self, up: &Upstream) {
+        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if up.max_fails > 0 && n >= up.max_fails {
+            let until = now_ms() + up.fail_timeout.as_millis() as u64;
+            self.down_until_ms.store(until, Ordering::Relaxed);
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// An upstream group as all workers see it: its config and its targets' health.
+#[derive(Debug)]
+pub struct SharedUpstream {
+    pub config: Upstream,
+    pub health: Box<[TargetHealth]>,
+}
+
+impl SharedUpstream {
+    pub fn new(config: Upstream) -> SharedUpstream {
+        let health = config
+            .targets
+            .iter()
+            .map(|_| TargetHealth::default())
+            .collect();
+        SharedUpstream { config, health }
+    }
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64
+}
+
+struct IdleConnection {
+    stream: TcpStream,
+    since: Instant,
+}
+
+/// One worker's state for one target.
+struct TargetState {
+    idle: Vec<IdleConnection>,
+    /// Requests in flight from this worker (least-outstanding balancing).
+    outstanding: u32,
+    /// Smooth weighted round-robin's running weight.
+    current_weight: i64,
+}
+
+/// One worker's state for one upstream group.
+pub struct GroupState {
+    pub shared: Arc<SharedUpstream>,
+    targets: Vec<TargetState>,
+    /// Rotates ties in least-outstanding selection.
+    next: usize,
+}
+
+/// A worker's pools and balancers for every upstream group, indexed like `Config::upstreams`.
+pub struct Pools {
+    pub groups: Vec<GroupState>,
+}
+
+/// A set of target indices already tried for one request.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tried(u64);
+
+impl Tried {
+    fn has(self, i: usize) -> bool {
+        self.0 & (1 << (i % 64)) != 0
+    }
+    pub fn add(&mut self, i: usize) {
+        self.0 |= 1 << (i % 64);
+    }
+}
+
+impl Pools {
+    pub fn new(shared: &[Arc<SharedUpstream>]) -> Pools {
+        let groups = shared
+            .iter()
+            .map(|s| GroupState {
+                shared: s.clone(),
+                targets: s
+                    .config
+                    .targets
+                    .iter()
+                    .map(|_| TargetState {
+                        idle: Vec::new(),
+                        outstanding: 0,
+                        current_weight: 0,
+                    })
+                    .collect(),
+                next: 0,
+            })
+            .collect();
+        Pools { groups }
+    }
+}
+
+impl GroupState {
+    /// Chooses a healthy target not yet tried. `None`: every target is down or tried.
+    pub fn pick(&mut self, tried: Tried) -> Option<usize> {
+        let now = now_ms();
+        let health = &self.shared.health;
+        let eligible = |i: usize| !tried.has(i) && health[i].is_up(now);
+        let cfg = &self.shared.config;
+        match cfg.balance {
+            Balance::RoundRobin => {
+                // nginx's smooth weighted round-robin over the eligible targets.
+                let mut total = 0i64;
+                let mut best: Option<usize> = None;
+                for i in 0..self.targets.len() {
+                    if !eligible(i) {
+                        continue;
+                    }
+                    let w = i64::from(cfg.targets[i].weight);
+                    self.targets[i].current_weight += w;
+                    total += w;
+                    let cw = self.targets[i].current_weight;
+                    if best.is_none_or(|b| cw > self.targets[b].current_weight) {
+                        best = Some(i);
+                    }
+                }
+                let best = best?;
+                self.targets[best].current_weight -= total;
+                Some(best)
+            }
+            Balance::LeastOutstanding => {
+                let n = self.targets.len();
+                let start = self.next;
+                self.next = (self.next + 1) % n;
+                (0..n)
+                    .map(|k| (start + k) % n)
+                    .filter(|&i| eligible(i))
+                    .min_by_key(|&i| {
+                        // In-flight requests per unit of weight, in thousandths.
+                        u64::from(self.targets[i].outstanding) * 1000
+                            / u64::from(cfg.targets[i].weight)
+                    })
+            }
+        }
+    }
+
+    /// Takes the most recently used idle connection to `target` that is still open.
+    pub fn take_idle(&mut self, target: usize) -> Option<TcpStream> {
+        let timeout = self.shared.config.idle_timeout;
+        let idle = &mut self.targets[target].idle;
+        while let Some(conn) = idle.pop() {
+            if conn.since.elapsed() < timeout && crate::net::idle_connection_alive(&conn.stream) {
+                return Some(conn.stream);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection that finished a response cleanly.
+    pub fn put_idle(&mut self, target: usize, stream: TcpStream) {
+        let max = self.shared.config.max_idle;
+        let idle = &mut self.targets[target].idle;
+        if idle.len() >= max {
+            if max == 0 {
+                return;
+            }
+            // Keep the hottest connections; the oldest is the one most likely to time out.
+            idle.remove(0);
+        }
+        idle.push(IdleConnection {
+            stream,
+            since: Instant::now(),
+        });
+    }
+
+    pub fn started(&mut self, target: usize) {
+        self.targets[target].outstanding += 1;
+    }
+
+    pub fn finished(&mut self, target: usize) {
+        let t = &mut self.targets[target];
+        t.outstanding = t.outstanding.saturating_sub(1);
+    }
+}
+
+/// Why an upstream could not be reached.
+#[derive(Debug)]
+pub enum ConnectError {
+    Timeout,
+    Io(io::Error),
+}
+
+/// Opens a new connection to a target, with Nagle off (heads and bodies are written whole).
+pub async fn connect(
+    addr: std::net::SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, ConnectError> {
+    match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+        Err(_) => Err(ConnectError::Timeout),
+        Ok(Err(e)) => Err(ConnectError::Io(e)),
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    fn group(src: &str) -> GroupState {
+        let c = config::parse(
+            &format!("[[listener]]\naddress = \"127.0.0.1:0\"\n{src}"),
+            "t",
+        )
+        .unwrap();
+        let shared = vec![Arc::new(SharedUpstream::new(c.upstreams[0].clone()))];
+        Pools::new(&shared).groups.remove(0)
+    }
+
+    #[test]
+    fn weighted_round_robin_is_smooth() {
+        let mut g = group(
+            "[upstream.u]\ntargets = [{ address = \"127.0.0.1:1\", weight = 5 }, \"127.0.0.1:2\", \"127.0.0.1:3\"]\n",
+        );
+        let picks: Vec<usize> = (0..7).map(|_| g.pick(Tried::default()).unwrap()).collect();
+        // nginx's documented sequence for weights 5,1,1: a a b a c a a
+        assert_eq!(picks, vec![0, 0, 1, 0, 2, 0, 0]);
+    }
+
+    #[test]
+    fn tried_and_down_targets_are_skipped() {
+        let mut g =
+            group("[upstream.u]\ntargets = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\nmax_fails = 1\n");
+        let mut tried = Tried::default();
+        let first = g.pick(tried).unwrap();
+        tried.add(first);
+        let second = g.pick(tried).unwrap();
+        assert_ne!(first, second);
+        tried.add(second);
+        assert_eq!(g.pick(tried), None);
+        let cfg = g.shared.config.clone();
+        g.shared.health[0].failure(&cfg);
+        for _ in 0..4 {
+            assert_eq!(g.pick(Tried::default()), Some(1));
+        }
+    }
+
+    #[test]
+    fn least_outstanding_prefers_the_idle_target() {
+        let mut g = group(
+            "[upstream.u]\ntargets = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\nbalance = \"least_outstanding\"\n",
+        );
+        g.started(0);
+        g.started(0);
+        assert_eq!(g.pick(Tried::default()), Some(1));
+        g.started(1);
+        g.started(1);
+        g.started(1);
+        assert_eq!(g.pick(Tried::default()), Some(0));
+    }
+}
