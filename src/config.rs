@@ -228,7 +228,7 @@ struct ServerFile {
 struct HttpFile {
     /// Largest request head (request line + headers). Default 16k. Over it: 431.
     max_head: Option<Size>,
-    /// Longest request target. Default 8k. Over it: 414.
+    /// Longest request target. Default 8k (or half of `max_head` if that is smaller). Over it: 414.
     max_uri: Option<Size>,
     /// Most header fields in one request. Default 100. Over it: 431.
     max_headers: Option<u32>,
@@ -693,7 +693,13 @@ fn resolve_http(raw: Option<Spanned<HttpFile>>, ck: &mut Checker) -> HttpLimits 
     };
     let limits = HttpLimits {
         max_head: h.max_head.map_or(16 << 10, |s| s.0 as usize),
-        max_uri: h.max_uri.map_or(8 << 10, |s| s.0 as usize),
+        max_uri: h.max_uri.map_or_else(
+            || {
+                h.max_head
+                    .map_or(8 << 10, |m| (m.0 as usize / 2).min(8 << 10))
+            },
+            |s| s.0 as usize,
+        ),
         max_headers: h.max_headers.map_or(100, |n| n as usize),
         header_timeout: h.header_timeout.map_or(Duration::from_secs(60), |d| d.0),
         body_timeout: h.body_timeout.map_or(Duration::from_secs(60), |d| d.0),

@@ -2,7 +2,8 @@
 //!
 //! Owns: virtual hosts (exact names in an ahash map, `*.suffix` wildcards longest first,
 //! then the default host) and, per host, a matchit radix tree of path patterns. Precedence
-//! among paths is matchit's: static segments over `{param}` over `{*catch_all}`.
+//! among paths is matchit's: static segments over `{param}` over `{*catch_all}`. A
+//! catch-all also matches its bare prefix (`/{*rest}` matches `/`) unless a route owns it.
 //!
 //! Must not: allocate on lookup, or fall back from a matched host to the default host (a
 //! host that is configured owns all its paths, as an nginx `server` block does).
@@ -96,13 +97,16 @@ impl Router {
                 errors.push(RouteError { route: i, message });
             }
         }
-        router.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        router
+            .wildcard
+            .sort_by_key(|w| std::cmp::Reverse(w.0.len()));
         for vhost in router
             .exact
             .values_mut()
             .chain(router.wildcard.iter_mut().map(|(_, v)| v))
             .chain(router.default.iter_mut())
         {
+            vhost.add_catch_all_prefixes();
             vhost.finish_allow();
         }
         if errors.is_empty() {
@@ -224,6 +228,19 @@ impl VHost {
             }
         }
         Ok(())
+    }
+
+    /// A catch-all pattern (`/static/{*rest}`) also answers its bare prefix (`/static/`),
+    /// as an nginx `location /static/` does, unless another route owns that path.
+    fn add_catch_all_prefixes(&mut self) {
+        for (i, entry) in self.entries.iter().enumerate() {
+            if let Some(pos) = entry.pattern.find("{*") {
+                let prefix = &entry.pattern[..pos];
+                if self.paths.at(prefix).is_err() {
+                    let _ = self.paths.insert(prefix, i as u32);
+                }
+            }
+        }
     }
 
     fn finish_allow(&mut self) {

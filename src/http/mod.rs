@@ -82,8 +82,9 @@ pub struct HeaderField {
 }
 
 /// How a message body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BodyFraming {
+    #[default]
     None,
     Length(u64),
     Chunked,

@@ -214,10 +214,10 @@ pub fn parse_request(
                     });
                 }
             }
-            HeaderKind::XRequestId => {
-                if !v.is_empty() && v.len() <= 200 && v.iter().all(|b| b.is_ascii_graphic()) {
-                    head.request_id = Some(Span::within(buf, v));
-                }
+            HeaderKind::XRequestId
+                if !v.is_empty() && v.len() <= 200 && v.iter().all(|b| b.is_ascii_graphic()) =>
+            {
+                head.request_id = Some(Span::within(buf, v));
             }
             _ => {}
         }

@@ -34,12 +34,6 @@ pub struct ResponseHead {
     pub connection_names_headers: bool,
 }
 
-impl Default for BodyFraming {
-    fn default() -> Self {
-        BodyFraming::None
-    }
-}
-
 /// Parses the response head at the start of `buf`. `Ok(false)`: incomplete.
 pub fn parse_response(
     buf: &[u8],

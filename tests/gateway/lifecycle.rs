@@ -1,0 +1,151 @@
+//! The process: start-up messages, `weir check`, bind errors, graceful shutdown.
+
+use std::io::{BufReader, Write};
+use std::process::Command;
+use std::thread::sleep;
+use std::time::Duration;
+
+use crate::support::*;
+
+fn weir(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_accepts_the_quickstart_config() {
+    let (code, out, _) = weir(&["check", "-c", "examples/quickstart.toml"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("ok"), "{out}");
+}
+
+#[test]
+fn check_reports_every_error_with_its_line() {
+    let bad = TempFile::new(
+        "toml",
+        br#"[[listener]]
+address = "127.0.0.1:0"
+
+[[route]]
+path = "/a"
+upstream = "nowhere"
+
+[[route]]
+path = "/b"
+mock = { status = 999 }
+"#,
+    );
+    let (code, _, err) = weir(&["check", "-c", bad.path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    let file = bad.path.display().to_string();
+    assert!(
+        err.contains(&format!("{file}:6:12: no [upstream.nowhere]")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{file}:10:")) && err.contains("999"),
+        "{err}"
+    );
+    assert!(err.contains("2 errors"), "{err}");
+}
+
+#[test]
+fn check_rejects_unknown_keys_by_line() {
+    let bad = TempFile::new(
+        "toml",
+        b"[[listener]]\naddress = \"127.0.0.1:0\"\nadress = \"x\"\n",
+    );
+    let (code, _, err) = weir(&["check", "-c", bad.path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains(":3:1: unknown field `adress`"), "{err}");
+}
+
+#[test]
+fn a_missing_config_is_a_one_line_error() {
+    let (code, _, err) = weir(&["run", "-c", "/nonexistent/weir.toml"]);
+    assert_eq!(code, 1);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("cannot read the file"), "{err}");
+}
+
+#[test]
+fn a_bind_failure_is_a_one_line_error() {
+    // Held without SO_REUSEPORT, so Weir cannot join it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let result = Weir::start_raw(&format!(
+        "[[listener]]\naddress = \"{addr}\"\n[[route]]\npath = \"/\"\nmock = {{}}\n"
+    ));
+    let log = result.err().expect("weir must not start");
+    assert!(log.contains(&format!("cannot listen on {addr}")), "{log}");
+    assert_eq!(log.lines().count(), 1, "{log}");
+}
+
+#[test]
+fn version_and_help() {
+    let (code, out, _) = weir(&["--version"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("weir "), "{out}");
+    let (code, out, _) = weir(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("weir check -c FILE"), "{out}");
+}
+
+#[test]
+fn startup_reports_listeners_workers_and_driver() {
+    let weir = Weir::start(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nmock = {}\n",
+    );
+    let log = weir.log();
+    assert!(
+        log.contains("weir: listening on http://127.0.0.1:"),
+        "{log}"
+    );
+    assert!(log.contains("2 workers on "), "{log}");
+}
+
+#[test]
+fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
+    let backend = Backend::start();
+    let mut weir = Weir::start(&proxy_config(
+        backend.addr,
+        "[server]\nworkers = 2\ndrain_timeout = \"10s\"\n",
+    ));
+    let addr = weir.addr();
+    let mut s = connect(addr);
+    s.write_all(b"GET /slow/1500 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert!(eventually(|| backend.requests() == 1));
+    weir.signal(libc::SIGTERM);
+    let r = read_response(&mut BufReader::new(s), false).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body_text(), "slow");
+    assert_eq!(
+        r.header("connection"),
+        Some("close"),
+        "a draining server closes"
+    );
+    assert_eq!(weir.wait_exit(PATIENCE), Some(0));
+    assert!(weir.log().contains("draining"));
+    sleep(Duration::from_millis(50));
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "still accepting after exit"
+    );
+}
+
+#[test]
+fn sigterm_with_nothing_in_flight_exits_promptly() {
+    let mut weir = Weir::start(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nmock = {}\n",
+    );
+    weir.signal(libc::SIGINT);
+    assert_eq!(weir.wait_exit(PATIENCE), Some(0));
+}

@@ -1,0 +1,11 @@
+//! Weir driven over real sockets: the built binary, a real backend, real clients.
+//! Each module is one area of behaviour; each test is named for the behaviour it checks.
+
+mod epoll;
+mod lifecycle;
+mod limits;
+mod proxying;
+mod routing;
+mod smuggling;
+mod support;
+mod upstream_failures;
