@@ -1,0 +1,499 @@
+#!/usr/bin/env bash
+# Side-by-side reverse-proxy benchmark: Weir vs nginx vs HAProxy on one core.
+#
+#   CPU 0: origin (nginx, 1 worker) + load generator (wrk -t1)
+#   CPU 1: the proxy under test, one at a time, one worker/thread
+#
+# See perf/README.md. Usage: perf/run.sh --help
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$here/lib.sh"
+
+usage() {
+  cat <<'EOF'
+Usage: perf/run.sh [options]
+
+  --workloads LIST   comma list of 1k,16k,256k,upload64k   (default 1k; env WORKLOADS)
+  --proxies LIST     comma list of weir,nginx,haproxy      (default all; env PROXIES)
+  --rounds N         interleaved rounds                     (default 3; env ROUNDS)
+  --duration S       seconds per measured wrk run          (default 6; env DURATION)
+  --conns N          wrk connections                        (default 64; env CONNS)
+  --keep             keep the temp dir (configs, logs, raw wrk output) and print its path
+  -h, --help         this text
+
+Environment:
+  WEIR_BIN                 Weir binary (default target/release/weir, relative to the
+                           repo root; built with cargo build --release if missing)
+  WEIR_SERVER_EXTRA        extra lines appended to Weir's [server] section,
+                           e.g. WEIR_SERVER_EXTRA='io = "epoll"'
+  NGINX_REQUEST_BUFFERING  nginx proxy_request_buffering (default off; nginx's own default is on)
+  NGINX_PROXY_EXTRA        extra directives for nginx's proxy location, e.g.
+                           NGINX_PROXY_EXTRA='proxy_buffers 16 64k;' (default: none)
+EOF
+}
+
+# shell-quote only what needs it, so the report shows a copy-pastable command
+q() {
+  if [[ $1 =~ ^[A-Za-z0-9_./,:=@%+-]+$ ]]; then
+    printf '%s' "$1"
+  elif [[ $1 != *"'"* ]]; then
+    printf "'%s'" "$1"
+  else
+    printf '%q' "$1"
+  fi
+}
+cmdline=$(q "$0")
+for a in "$@"; do cmdline+=" $(q "$a")"; done
+envline=""
+for v in WEIR_BIN WEIR_SERVER_EXTRA NGINX_REQUEST_BUFFERING NGINX_PROXY_EXTRA DURATION CONNS ROUNDS WORKLOADS PROXIES; do
+  if [[ -n ${!v:-} ]]; then
+    envline+="$v=$(q "${!v}") "
+  fi
+done
+
+WORKLOADS=${WORKLOADS:-1k}
+PROXIES=${PROXIES:-weir,nginx,haproxy}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-6}
+CONNS=${CONNS:-64}
+WARMUP=1
+
+while (($#)); do
+  case $1 in
+    --workloads) WORKLOADS=${2:?}; shift 2 ;;
+    --workloads=*) WORKLOADS=${1#*=}; shift ;;
+    --proxies) PROXIES=${2:?}; shift 2 ;;
+    --proxies=*) PROXIES=${1#*=}; shift ;;
+    --rounds) ROUNDS=${2:?}; shift 2 ;;
+    --rounds=*) ROUNDS=${1#*=}; shift ;;
+    --duration) DURATION=${2:?}; shift 2 ;;
+    --duration=*) DURATION=${1#*=}; shift ;;
+    --conns) CONNS=${2:?}; shift 2 ;;
+    --conns=*) CONNS=${1#*=}; shift ;;
+    --keep) PERF_KEEP=1; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) usage >&2; die "unknown argument: $1" ;;
+  esac
+done
+
+for v in ROUNDS DURATION CONNS; do
+  [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
+done
+IFS=, read -r -a workloads <<<"$WORKLOADS"
+IFS=, read -r -a proxies <<<"$PROXIES"
+((${#workloads[@]})) || die "no workloads"
+((${#proxies[@]})) || die "no proxies"
+for w in "${workloads[@]}"; do
+  case $w in 1k | 16k | 256k | upload64k) ;; *) die "unknown workload '$w'" ;; esac
+done
+for p in "${proxies[@]}"; do
+  case $p in weir | nginx | haproxy) ;; *) die "unknown proxy '$p'" ;; esac
+done
+
+for tool in nginx wrk curl taskset ss awk; do
+  command -v "$tool" >/dev/null || die "$tool not found"
+done
+[[ " ${proxies[*]} " == *" haproxy "* ]] && { command -v haproxy >/dev/null || die "haproxy not found"; }
+(($(nproc --all) >= 2)) || die "need at least 2 CPUs (CPU 0 and CPU 1)"
+
+root=$(perf_repo_root)
+has_weir=0
+if [[ " ${proxies[*]} " == *" weir "* ]]; then
+  has_weir=1
+  resolve_weir_bin
+fi
+
+check_ports_free
+perf_setup_tmp
+CLK_TCK=$(getconf CLK_TCK)
+
+# -------------------------------------------------------------- setup
+make_bodies
+write_origin_conf 4096 75s
+write_nginx_proxy_conf 4096 75s
+write_haproxy_conf 4096 75s
+write_weir_conf
+
+# upload64k: POST a 64 KiB body to /upload
+upload_lua=$PERF_TMP/upload64k.lua
+cat >"$upload_lua" <<'EOF'
+wrk.method = "POST"
+wrk.body = string.rep("a", 65536)
+wrk.headers["Content-Type"] = "application/octet-stream"
+EOF
+
+workload_path() {
+  case $1 in
+    1k) echo /1k ;;
+    16k) echo /16k ;;
+    256k) echo /256k ;;
+    upload64k) echo /upload ;;
+  esac
+}
+
+# check_endpoint PORT WORKLOAD: prints "ok" or a description of what is wrong.
+check_endpoint() {
+  local port=$1 w=$2 got want body=$PERF_TMP/check.body
+  case $w in
+    1k) want="200 1024" ;;
+    16k) want="200 16384" ;;
+    256k) want="200 262144" ;;
+    upload64k) want="200 11" ;;
+  esac
+  if [[ $w == upload64k ]]; then
+    got=$(head -c 65536 /dev/zero | tr '\0' a |
+      curl -sS --max-time 5 -o "$body" -w '%{http_code} %{size_download}' \
+        -H 'Content-Type: application/octet-stream' --data-binary @- \
+        "http://127.0.0.1:$port/upload" 2>&1) || true
+  else
+    got=$(curl -sS --max-time 5 -o "$body" -w '%{http_code} %{size_download}' \
+      "http://127.0.0.1:$port$(workload_path "$w")" 2>&1) || true
+  fi
+  if [[ $got == "$want" ]]; then
+    echo ok
+  else
+    echo "expected '$want' (status, body bytes), got '$got'"
+  fi
+}
+
+# run_wrk OUTFILE PORT WORKLOAD SECONDS: wrk on LOAD_CPU, hard time bound.
+run_wrk() {
+  local out=$1 port=$2 w=$3 secs=$4 rc=0
+  local -a script=()
+  [[ $w == upload64k ]] && script=(-s "$upload_lua")
+  timeout -k 5 $((secs + 30)) taskset -c "$LOAD_CPU" \
+    wrk -t1 -c"$CONNS" -d"${secs}s" --latency "${script[@]}" \
+    "http://127.0.0.1:$port$(workload_path "$w")" >"$out" 2>&1 || rc=$?
+  return "$rc"
+}
+
+# parse_wrk FILE: "requests rps p50ms p99ms non2xx connect read write timeout" (n/a if missing)
+parse_wrk() {
+  awk '
+    function ms(v,   n) {
+      if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000
+      if (v ~ /ms$/) return substr(v, 1, length(v) - 2) + 0
+      if (v ~ /[0-9]m$/) return substr(v, 1, length(v) - 1) * 60000
+      if (v ~ /[0-9]h$/) return substr(v, 1, length(v) - 1) * 3600000
+      if (v ~ /s$/) return substr(v, 1, length(v) - 1) * 1000
+      return "n/a"
+    }
+    BEGIN { req = "n/a"; rps = "n/a"; p50 = "n/a"; p99 = "n/a"; n2 = 0; c = 0; r = 0; w = 0; t = 0 }
+    / requests in / { req = $1 }
+    /^Requests\/sec:/ { rps = $2 }
+    /^ +50% / { p50 = ms($2) }
+    /^ +99% / { p99 = ms($2) }
+    /Non-2xx or 3xx responses:/ { n2 = $NF }
+    /Socket errors:/ { gsub(",", ""); c = $4; r = $6; w = $8; t = $10 }
+    END { print req, rps, p50, p99, n2, c, r, w, t }
+  ' "$1"
+}
+
+# -------------------------------------------------------------- versions
+ver_nginx=$(nginx -v 2>&1 | head -n1)
+ver_nginx=${ver_nginx#nginx version: }
+ver_haproxy=$(haproxy -v 2>/dev/null | head -n1 || true)
+ver_wrk=$( (wrk -v 2>&1 || true) | head -n1)
+ver_weir="n/a"
+weir_bin_desc="n/a"
+if ((has_weir)); then
+  vrc=0
+  ver_weir=$(timeout 5 "$WEIR_BIN" --version 2>&1 </dev/null) || vrc=$?
+  ver_weir=$(head -n1 <<<"$ver_weir")
+  if ((vrc != 0)); then
+    ver_weir="(weir --version failed, exit $vrc)"
+  elif [[ -z $ver_weir ]]; then
+    ver_weir="(weir --version printed nothing)"
+  fi
+  weir_bin_desc="$WEIR_BIN (built $(date -u -r "$WEIR_BIN" '+%Y-%m-%d %H:%M:%S UTC'))"
+  newer=$(find "$root/src" "$root/Cargo.toml" "$root/Cargo.lock" -type f -newer "$WEIR_BIN" -print 2>/dev/null | head -n1 || true)
+  if [[ -n $newer ]]; then
+    weir_bin_desc+=" — **older than ${newer#"$root"/}: rebuild with cargo build --release**"
+    log "WARNING: $WEIR_BIN is older than ${newer#"$root"/}"
+  fi
+fi
+
+busy_note=""
+if pgrep -x rustc >/dev/null 2>&1 || pgrep -x cargo >/dev/null 2>&1; then
+  busy_note="cargo/rustc was running when the benchmark started: numbers are extra noisy."
+  log "WARNING: $busy_note"
+fi
+
+# -------------------------------------------------------------- origin
+log "temp dir: $PERF_TMP"
+start_origin
+log "origin nginx up on 127.0.0.1:$ORIGIN_PORT (pid $ORIGIN_PID, CPU $LOAD_CPU)"
+for w in 1k 16k 256k upload64k; do
+  res=$(check_endpoint "$ORIGIN_PORT" "$w")
+  [[ $res == ok ]] || die "origin check $w failed: $res"
+done
+
+# -------------------------------------------------------------- preflight
+declare -A preflight_note=()
+for p in "${proxies[@]}"; do
+  start_proxy "$p"
+  port=$(proxy_port "$p")
+  res=$(check_endpoint "$port" 1k)
+  if [[ $res != ok ]]; then
+    tail -n 30 "$PERF_TMP/logs/$p.out" >&2 || true
+    die "$(proxy_label "$p") preflight GET /1k failed: $res"
+  fi
+  for w in "${workloads[@]}"; do
+    [[ $w == 1k ]] && continue
+    res=$(check_endpoint "$port" "$w")
+    if [[ $res != ok ]]; then
+      log "WARNING: $(proxy_label "$p") preflight $w: $res"
+      preflight_note[$p]+="preflight $w: $res. "
+    fi
+  done
+  log "$(proxy_label "$p") preflight ok (127.0.0.1:$port)"
+  if [[ $p == weir ]]; then
+    weir_startup=$(head -n 8 "$PERF_TMP/logs/weir.out" || true)
+  fi
+  stop_proxy "$p" "$PROXY_PID"
+done
+
+# -------------------------------------------------------------- measure
+results=$PERF_TMP/results.tsv
+: >"$results"
+nprox=${#proxies[@]}
+total_runs=$((ROUNDS * ${#workloads[@]} * nprox))
+run_no=0
+build_runs=0
+for ((r = 1; r <= ROUNDS; r++)); do
+  for w in "${workloads[@]}"; do
+    for ((i = 0; i < nprox; i++)); do
+      p=${proxies[$(((i + r - 1) % nprox))]}  # rotate the order each round
+      port=$(proxy_port "$p")
+      run_no=$((run_no + 1))
+      start_proxy "$p"
+      if pgrep -x rustc >/dev/null 2>&1 || pgrep -x cargo >/dev/null 2>&1; then
+        build_runs=$((build_runs + 1))
+        log "WARNING: cargo/rustc is running during this run"
+      fi
+      mapfile -t ppids < <(proc_tree "$PROXY_PID")
+      run_wrk "$PERF_TMP/raw/r$r-$w-$p-warmup.txt" "$port" "$w" "$WARMUP" || true
+
+      raw=$PERF_TMP/raw/r$r-$w-$p.txt
+      read -r c0_t0 c0_i0 < <(cpu_busy_sample "$LOAD_CPU")
+      ticks0=$(proc_cpu_ticks "${ppids[@]}")
+      t0=$(date +%s%N)
+      wrk_rc=0
+      run_wrk "$raw" "$port" "$w" "$DURATION" || wrk_rc=$?
+      t1=$(date +%s%N)
+      ticks1=$(proc_cpu_ticks "${ppids[@]}")
+      read -r c0_t1 c0_i1 < <(cpu_busy_sample "$LOAD_CPU")
+
+      # every process of the proxy must have survived the run
+      alive=1
+      for pp in "${ppids[@]}"; do kill -0 "$pp" 2>/dev/null || alive=0; done
+      stop_proxy "$p" "$PROXY_PID"
+
+      read -r req rps p50 p99 n2 sc sr sw st < <(parse_wrk "$raw")
+      awk -v r="$r" -v w="$w" -v p="$p" -v req="$req" -v rps="$rps" -v p50="$p50" -v p99="$p99" \
+        -v ticks=$((ticks1 - ticks0)) -v hz="$CLK_TCK" -v ns=$((t1 - t0)) \
+        -v n2="$n2" -v sc="$sc" -v sr="$sr" -v sw="$sw" -v st="$st" \
+        -v c0t=$((c0_t1 - c0_t0)) -v c0i=$((c0_i1 - c0_i0)) -v rc="$wrk_rc" -v alive="$alive" '
+        BEGIN {
+          cpu = ticks / hz; wall = ns / 1e9
+          us = (req ~ /^[0-9]+$/ && req > 0) ? sprintf("%.2f", cpu * 1e6 / req) : "n/a"
+          busy = c0t > 0 ? sprintf("%.1f", 100 * (c0t - c0i) / c0t) : "n/a"
+          # CPU 0 time per request: for one proxy + workload, wrk + origin do the
+          # same work every round, so a change means the host slowed CPU 0 down
+          c0us = (req ~ /^[0-9]+$/ && req > 0) ? sprintf("%.2f", (c0t - c0i) / hz * 1e6 / req) : "n/a"
+          printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.3f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.3f\t%s\t%s\t%s\n",
+            r, w, p, req, rps, p50, p99, cpu, wall, us, n2, sc, sr, sw, st, busy, cpu / wall, rc, alive, c0us
+        }' >>"$results"
+      IFS=$'\t' read -r -a row < <(tail -n1 "$results")
+      log "[$run_no/$total_runs] round $r $w $(proxy_label "$p"): ${row[4]} req/s, p99 ${row[6]} ms, ${row[9]} us CPU/req, ${row[16]} cores, CPU0 ${row[15]}% busy, non-2xx ${row[10]}, sock err ${row[11]}/${row[12]}/${row[13]}/${row[14]}"
+      ((wrk_rc == 0)) || log "WARNING: wrk exited with $wrk_rc (see $raw with --keep)"
+      ((alive)) || log "WARNING: a process of $(proxy_label "$p") died during the run"
+    done
+  done
+done
+
+# -------------------------------------------------------------- report
+sha=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo nogit)
+describe=$(git -C "$root" describe --always --dirty 2>/dev/null || echo nogit)
+stem="$(date -u +%Y-%m-%d)-$sha"
+mkdir -p "$here/results"
+report=$here/results/$stem.md
+n=2
+while [[ -e $report ]]; do
+  report=$here/results/$stem-$n.md
+  n=$((n + 1))
+done
+
+# median of the values on stdin (numeric; "n/a" ignored)
+median() {
+  grep -E '^-?[0-9.]+$' | sort -g | awk '
+    { a[NR] = $1 }
+    END {
+      if (NR == 0) { print "n/a"; exit }
+      if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2
+    }'
+}
+
+# col WORKLOAD PROXY COLUMN(1-based in results.tsv) -> values, one per round
+col() { awk -F'\t' -v w="$1" -v p="$2" -v c="$3" '$2 == w && $3 == p { print $c }' "$results"; }
+fmt() { awk -v v="$1" -v f="$2" 'BEGIN { if (v ~ /^-?[0-9.]+$/) printf f, v; else printf "%s", v }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else printf "n/a" }'; }
+
+# baseline for ratios: Weir against each other proxy; without Weir, the first proxy listed
+if ((has_weir)); then base=weir; else base=${proxies[0]}; fi
+
+{
+  echo "# Reverse-proxy benchmark: $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo
+  echo "Side by side on one core: origin nginx + wrk on CPU $LOAD_CPU, proxy under test alone on CPU $PROXY_CPU"
+  echo "(one worker/thread each). Shared, noisy machine: only the ratios within this run mean anything."
+  echo
+  echo "## Setup"
+  echo
+  echo "- command: \`${envline}${cmdline}\`"
+  echo "- git: $describe"
+  echo "- machine: $(nproc) CPUs ($(nproc --all) online), kernel $(uname -r), CPU \"$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)\", $(awk '/^MemTotal/ { printf "%.0f GiB RAM", $2 / 1048576 }' /proc/meminfo)"
+  echo "- nginx: $ver_nginx"
+  echo "- haproxy: $ver_haproxy"
+  echo "- wrk: $ver_wrk"
+  echo "- weir: $ver_weir; binary $weir_bin_desc"
+  if ((has_weir)); then
+    echo "- Weir [server] extra: \`${WEIR_SERVER_EXTRA:-none}\`"
+    if [[ -n ${weir_startup:-} ]]; then
+      echo "- Weir's first output lines at start:"
+      echo
+      echo '  ```'
+      while IFS= read -r line; do echo "  $line"; done <<<"$weir_startup"
+      echo '  ```'
+    fi
+  fi
+  echo "- nginx proxy_request_buffering: ${NGINX_REQUEST_BUFFERING:-off} (nginx's default is on); other proxy settings: \`${NGINX_PROXY_EXTRA:-nginx defaults}\`"
+  echo "- load: wrk -t1 -c$CONNS --latency, ${DURATION} s per run after a ${WARMUP} s warm-up, $ROUNDS interleaved rounds (proxy order rotated each round); values below are medians over rounds"
+  echo "- CPU/req: utime+stime of all the proxy's processes (/proc/PID/stat) during the run / requests completed; cores: that CPU time / wall time"
+  [[ -z $busy_note ]] || echo "- **note:** $busy_note"
+  ((build_runs == 0)) || echo "- **note:** cargo/rustc was running during $build_runs of $total_runs measured runs: those are extra noisy."
+  for p in "${proxies[@]}"; do
+    [[ -z ${preflight_note[$p]:-} ]] || echo "- **$(proxy_label "$p")**: ${preflight_note[$p]}"
+  done
+
+  for w in "${workloads[@]}"; do
+    echo
+    echo "## Workload $w"
+    echo
+    case $w in
+      upload64k) echo "POST /upload with a 64 KiB body (origin discards it and answers {\"ok\":true})." ;;
+      1k) echo "GET /1k (1 KiB JSON body from the origin)." ;;
+      16k) echo "GET /16k (16 KiB JSON body from the origin)." ;;
+      256k) echo "GET /256k (256 KiB JSON body from the origin)." ;;
+    esac
+    echo
+    echo "| proxy | req/s | p50 ms | p99 ms | CPU/req µs | errors | proxy cores | CPU0 busy % |"
+    echo "|---|---:|---:|---:|---:|---|---:|---:|"
+    declare -A med_rps=() med_us=() med_cores=() med_busy=() errs_of=()
+    for p in "${proxies[@]}"; do
+      med_rps[$p]=$(col "$w" "$p" 5 | median)
+      p50=$(col "$w" "$p" 6 | median)
+      p99=$(col "$w" "$p" 7 | median)
+      med_us[$p]=$(col "$w" "$p" 10 | median)
+      med_cores[$p]=$(col "$w" "$p" 17 | median)
+      med_busy[$p]=$(col "$w" "$p" 16 | median)
+      errs=$(awk -F'\t' -v w="$w" -v p="$p" '
+        $2 == w && $3 == p { n2 += $11; s += $12 + $13 + $14 + $15; if ($18 != 0) rc++; if ($19 != 1) dead++ }
+        END {
+          out = ""
+          if (n2) out = out sprintf("**%d non-2xx** ", n2)
+          if (s) out = out sprintf("**%d socket** ", s)
+          if (rc) out = out sprintf("**wrk failed x%d** ", rc)
+          if (dead) out = out sprintf("**proxy died x%d** ", dead)
+          sub(/ $/, "", out)
+          print (out == "" ? "0" : out)
+        }' "$results")
+      errs_of[$p]=$errs
+      echo "| $(proxy_label "$p") | $(fmt "${med_rps[$p]}" %.0f) | $(fmt "$p50" %.2f) | $(fmt "$p99" %.2f) | $(fmt "${med_us[$p]}" %.2f) | $errs | $(fmt "${med_cores[$p]}" %.2f) | $(fmt "${med_busy[$p]}" %.0f) |"
+    done
+    echo
+    for p in "${proxies[@]}"; do
+      [[ $p == "$base" ]] && continue
+      # per-round ratios show how much the noise moves them
+      per_round=$(awk -F'\t' -v w="$w" -v a="$base" -v b="$p" '
+        $2 == w && $3 == a { ra[$1] = $5; ua[$1] = $10 }
+        $2 == w && $3 == b { rb[$1] = $5; ub[$1] = $10 }
+        END {
+          for (r = 1; r in ra || r in rb; r++) {
+            x = (r in ra && r in rb && rb[r] > 0) ? sprintf("%.2f", ra[r] / rb[r]) : "n/a"
+            y = (r in ua && r in ub && ub[r] > 0) ? sprintf("%.2f", ua[r] / ub[r]) : "n/a"
+            s = s (s == "" ? "" : ", ") x "/" y
+          }
+          print s
+        }' "$results")
+      bad=""
+      for x in "$base" "$p"; do
+        [[ ${errs_of[$x]} == 0 ]] || bad+="$(proxy_label "$x") had errors; "
+      done
+      [[ -z $bad ]] || bad=" — **not comparable: ${bad%; }**"
+      echo "- **$(proxy_label "$base")/$(proxy_label "$p")**: req/s × $(ratio "${med_rps[$base]}" "${med_rps[$p]}"), CPU/req × $(ratio "${med_us[$base]}" "${med_us[$p]}") (per round, req/s / CPU/req: $per_round)$bad"
+    done
+    # Is the load core (CPU 0) the limit? (see README, "Which core is the limit")
+    hint=$(
+      for p in "${proxies[@]}"; do
+        echo "$(proxy_label "$p") ${med_rps[$p]} ${med_cores[$p]} ${med_busy[$p]}"
+      done | awk '
+        $2 ~ /^[0-9.]+$/ && $3 ~ /^[0-9.]+$/ && $4 ~ /^[0-9.]+$/ {
+          n++; if (n == 1 || $2 < lo) lo = $2; if ($2 > hi) hi = $2
+          if ($3 < 0.95 && $4 >= 95) { what = "CPU 0 (wrk + origin) is the limit"; loadb++ }
+          else if ($3 >= 0.95 && $4 >= 95) what = "both cores saturated"
+          else if ($3 >= 0.95) what = "the proxy (CPU 1) is the limit"
+          else what = "neither core saturated (latency-bound)"
+          s = s (s == "" ? "" : "; ") sprintf("%s %.2f cores on CPU 1, CPU 0 %.0f%% busy: %s", $1, $3, $4, what)
+        }
+        END {
+          if (n < 1) exit
+          print "Which core is the limit: " s "."
+          if (loadb == n && (n == 1 || hi / lo < 1.15))
+            printf "CPU 0 is the limit for every proxy (req/s max/min %.2f): req/s is capped by the load core, compare CPU/req, not req/s.\n", (lo > 0 ? hi / lo : 0)
+        }'
+    )
+    # Host contention shows up as the load core needing more time for the same work.
+    # Same proxy + same workload = same work on CPU 0 in every round.
+    noise=$(awk -F'\t' -v w="$w" '
+      $2 == w && $20 ~ /^[0-9.]+$/ && $20 > 0 {
+        p = $3; n[p]++
+        if (n[p] == 1 || $20 < lo[p]) lo[p] = $20
+        if ($20 > hi[p]) hi[p] = $20
+      }
+      END {
+        for (p in n) if (n[p] > 1 && hi[p] / lo[p] > worst) { worst = hi[p] / lo[p]; wp = p }
+        if (worst > 1.2)
+          printf "Noisy: for the same work (%s, %s) the load core needed %.1f to %.1f µs per request across rounds (x%.2f): the host slowed CPU 0 down in some runs. Do not compare req/s across rounds; trust the per-round ratios and CPU/req.", wp, w, lo[wp], hi[wp], worst
+      }' "$results")
+    [[ -z $noise ]] || hint+=${hint:+$'\n'}$noise
+    if [[ -n $hint ]]; then
+      echo
+      while IFS= read -r line; do echo "_${line}_"; echo; done <<<"$hint"
+    fi
+    unset med_rps med_us med_cores med_busy errs_of
+  done
+
+  echo
+  echo "<details><summary>Per-run values</summary>"
+  echo
+  echo "| round | workload | proxy | requests | req/s | p50 ms | p99 ms | CPU s | wall s | CPU/req µs | non-2xx | sock c/r/w/t | CPU0 busy % | cores | CPU0 µs/req |"
+  echo "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"
+  awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s/%s/%s/%s | %s | %s | %s |\n",
+    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $20 }' "$results"
+  echo
+  echo "CPU0 µs/req: busy time of the load core (wrk + origin) per request. For one proxy and"
+  echo "workload that work is the same in every round, so when it moves the host slowed CPU 0 down"
+  echo "(it differs between proxies: on loopback the sender pays part of the receiver's kernel work)."
+  echo
+  echo "</details>"
+} >"$report"
+
+cat "$report"
+echo
+log "report written to ${report#"$root"/}"
+if ((PERF_KEEP)); then
+  log "raw wrk output, configs and logs: $PERF_TMP"
+fi
