@@ -82,8 +82,14 @@ fn route(c: &mut Criterion) {
         .enumerate()
         {
             let path = shape.replace("{svc}", &svc.to_string());
-            let methods = if i % 2 == 0 { "methods = [\"GET\", \"POST\"]\n" } else { "" };
-            routes.push_str(&format!("[[route]]\n{host}path = \"{path}\"\n{methods}upstream = \"u\"\n"));
+            let methods = if i % 2 == 0 {
+                "methods = [\"GET\", \"POST\"]\n"
+            } else {
+                ""
+            };
+            routes.push_str(&format!(
+                "[[route]]\n{host}path = \"{path}\"\n{methods}upstream = \"u\"\n"
+            ));
         }
     }
     let cfg = base_config(&routes);
@@ -109,7 +115,13 @@ fn route(c: &mut Criterion) {
         })
     });
     g.bench_function("miss_404", |b| {
-        b.iter(|| router.lookup(black_box(b"svc3.example.com"), black_box(b"/nope/x"), black_box(b"GET")))
+        b.iter(|| {
+            router.lookup(
+                black_box(b"svc3.example.com"),
+                black_box(b"/nope/x"),
+                black_box(b"GET"),
+            )
+        })
     });
     g.finish();
 }
@@ -125,7 +137,10 @@ fn rewrite(c: &mut Criterion) {
     parse_request(REQUEST, &cfg.http, &mut head).unwrap();
     let mut out = Vec::with_capacity(4096);
     let mut g = c.benchmark_group("rewrite");
-    for (name, route) in [("request_head", &plain), ("request_head_strip_prefix", &strip)] {
+    for (name, route) in [
+        ("request_head", &plain),
+        ("request_head_strip_prefix", &strip),
+    ] {
         g.bench_function(name, |b| {
             b.iter(|| {
                 out.clear();
