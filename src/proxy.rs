@@ -144,8 +144,7 @@ impl Connection {
             let _ = write!(cursor, "{}", peer.ip());
             cursor.position() as usize
         };
-        let buf = worker.take_read_buffer();
-        let out = worker.take_write_buffer();
+        let buf = worker.head_buffer();
         Connection {
             worker,
             listener,
@@ -153,7 +152,7 @@ impl Connection {
             client_ip,
             client_ip_len,
             buf,
-            out,
+            out: Vec::new(),
             ubuf: BytesMut::new(),
             head: RequestHead::default(),
             response: ResponseHead::default(),
@@ -166,11 +165,31 @@ impl Connection {
     }
 
     /// Gives the buffers back to the worker for the next connection.
-    fn release(self) {
-        self.worker.give_read_buffer(self.buf);
-        self.worker.give_write_buffer(self.out);
+    fn release(mut self) {
+        self.release_idle_buffers();
+    }
+
+    /// Between requests a connection keeps only its small read buffer: the write and
+    /// upstream buffers go back to the worker, and a read buffer that grew for a large
+    /// head or body is swapped for a small one. An idle connection then costs about
+    /// [`crate::worker::HEAD_BUFFER`] plus its task.
+    fn release_idle_buffers(&mut self) {
+        if self.out.capacity() > 0 {
+            self.worker.give_write_buffer(std::mem::take(&mut self.out));
+        }
         if self.ubuf.capacity() > 0 {
-            self.worker.give_read_buffer(self.ubuf);
+            self.worker.give_read_buffer(std::mem::take(&mut self.ubuf));
+        }
+        if self.buf.is_empty() && self.buf.capacity() > crate::worker::HEAD_BUFFER {
+            let big = std::mem::replace(&mut self.buf, self.worker.head_buffer());
+            self.worker.give_read_buffer(big);
+        }
+    }
+
+    /// Takes a write buffer from the worker if the connection gave its own back.
+    fn ensure_write_buffer(&mut self) {
+        if self.out.capacity() == 0 {
+            self.out = self.worker.take_write_buffer();
         }
     }
 
@@ -191,9 +210,13 @@ impl Connection {
                 }
             }
             self.served += 1;
-            let _in_flight = self.worker.request_started();
+            let in_flight = self.worker.request_started();
             if !self.handle().await {
                 return;
+            }
+            drop(in_flight);
+            if self.buf.is_empty() {
+                self.release_idle_buffers();
             }
         }
     }
@@ -216,10 +239,14 @@ impl Connection {
                 deadline.get_or_insert_with(|| Instant::now() + header_timeout);
             }
             let wait_until = deadline.unwrap_or_else(|| Instant::now() + idle_timeout);
+            // Read into what is free; when the buffer is full, double it (up to max_head).
             let max_head = self.worker.gateway.config.http.max_head;
-            let room = (max_head - self.buf.len().min(max_head)).clamp(1, 16 * 1024);
+            let want = match self.buf.len() {
+                0 => crate::worker::HEAD_BUFFER,
+                n => n.min(max_head.saturating_sub(n)).max(1),
+            };
             let buf = std::mem::take(&mut self.buf);
-            match timeout_at(wait_until, read_more(&mut self.stream, buf, room)).await {
+            match timeout_at(wait_until, read_more(&mut self.stream, buf, want)).await {
                 // The read owned the buffer and is gone with it; the connection closes.
                 // A head that was due gets a 408; an idle keep-alive connection just closes.
                 Err(_) if deadline.is_some() => return HeadRead::TimedOut,
@@ -240,6 +267,7 @@ impl Connection {
     /// One request, from routing to the end of its response. Returns whether the
     /// connection stays open.
     async fn handle(&mut self) -> bool {
+        self.ensure_write_buffer();
         let worker = self.worker.clone();
         let gateway = &*worker.gateway;
         let (buf, head) = (&self.buf[..], &self.head);
@@ -336,6 +364,7 @@ impl Connection {
     async fn write_error(&mut self, status: u16, allow: Option<&[u8]>, force_close: bool) -> bool {
         let close = force_close || !self.keeps_alive();
         let date = self.worker.date();
+        self.ensure_write_buffer();
         self.out.clear();
         let trailer = trailer(
             &self.request_id[..self.request_id_len],

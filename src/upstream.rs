@@ -65,6 +65,9 @@ impl SharedUpstream {
     }
 }
 
+/// Pooled connections idle at least this long are peeked at before reuse.
+pub const PEEK_AFTER_IDLE: Duration = Duration::from_millis(100);
+
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
@@ -182,11 +185,19 @@ impl GroupState {
     }
 
     /// Takes the most recently used idle connection to `target` that is still open.
+    ///
+    /// A connection idle for [`PEEK_AFTER_IDLE`] or more is checked with a non-blocking
+    /// peek first, so one the upstream closed while it sat idle is never used. Hot
+    /// connections skip that syscall: no upstream closes a keep-alive connection within
+    /// a fraction of a second of answering on it without saying so.
     pub fn take_idle(&mut self, target: usize) -> Option<TcpStream> {
         let timeout = self.shared.config.idle_timeout;
         let idle = &mut self.targets[target].idle;
         while let Some(conn) = idle.pop() {
-            if conn.since.elapsed() < timeout && crate::net::idle_connection_alive(&conn.stream) {
+            let idle_for = conn.since.elapsed();
+            if idle_for < timeout
+                && (idle_for < PEEK_AFTER_IDLE || crate::net::idle_connection_alive(&conn.stream))
+            {
                 return Some(conn.stream);
             }
         }

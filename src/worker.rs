@@ -22,8 +22,12 @@ use crate::gateway::Gateway;
 use crate::http::write::DateCache;
 use crate::upstream::Pools;
 
-/// Size of a fresh read buffer; large enough for almost every request head.
+/// Size of a pooled buffer (upstream responses, writes); large enough for almost every
+/// response head plus a small body.
 pub const READ_BUFFER: usize = 8 * 1024;
+/// Size of the buffer an idle client connection waits with (nginx's
+/// `client_header_buffer_size`); it grows when a head or body needs more.
+pub const HEAD_BUFFER: usize = 1024;
 /// Buffers kept for reuse per worker; beyond this, returned buffers are freed.
 const POOLED_BUFFERS: usize = 1024;
 
@@ -59,6 +63,11 @@ impl Worker {
         }
     }
 
+    /// A small buffer for reading request heads; most API request heads fit in it.
+    pub fn head_buffer(&self) -> BytesMut {
+        BytesMut::with_capacity(HEAD_BUFFER)
+    }
+
     pub fn take_read_buffer(&self) -> BytesMut {
         self.read_buffers
             .borrow_mut()
@@ -66,10 +75,14 @@ impl Worker {
             .unwrap_or_else(|| BytesMut::with_capacity(READ_BUFFER))
     }
 
+    /// Takes back a buffer from [`Worker::take_read_buffer`] for reuse.
     pub fn give_read_buffer(&self, mut buf: BytesMut) {
         let mut pool = self.read_buffers.borrow_mut();
-        if pool.len() < POOLED_BUFFERS && buf.capacity() >= READ_BUFFER {
+        if pool.len() < POOLED_BUFFERS {
+            // `advance` moves a BytesMut's start forward, shrinking `capacity()`; on an
+            // empty buffer `reserve` moves it back to the start of the same allocation.
             buf.clear();
+            buf.reserve(READ_BUFFER);
             pool.push(buf);
         }
     }
