@@ -79,7 +79,7 @@ kat=$((HOLD + 60))s
 write_origin_conf "$maxconn" "$kat"
 write_nginx_proxy_conf "$maxconn" "$kat"
 write_haproxy_conf "$maxconn" "$kat"
-write_weir_conf
+write_weir_conf weir
 
 client=$PERF_TMP/idle_client.py
 cat >"$client" <<'EOF'

@@ -24,9 +24,11 @@ die() {
 
 perf_repo_root() { (cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd); }
 
+# Proxy ids: weir, nginx, haproxy, and weir-NAME for a Weir variant (run.sh
+# --weir-variants): same binary and port as weir, its own config weir-NAME.toml.
 proxy_port() {
   case $1 in
-    weir) echo "$WEIR_PORT" ;;
+    weir | weir-*) echo "$WEIR_PORT" ;;
     nginx) echo "$NGINX_PORT" ;;
     haproxy) echo "$HAPROXY_PORT" ;;
     *) die "unknown proxy '$1'" ;;
@@ -36,6 +38,7 @@ proxy_port() {
 proxy_label() {
   case $1 in
     weir) echo "Weir" ;;
+    weir-*) echo "Weir (${1#weir-})" ;;
     nginx) echo "nginx" ;;
     haproxy) echo "HAProxy" ;;
     *) echo "$1" ;;
@@ -350,13 +353,18 @@ backend origin
 EOF
 }
 
-# write_weir_conf: WEIR_SERVER_EXTRA (env) is appended to [server], one
-# setting per line, e.g. WEIR_SERVER_EXTRA='io = "epoll"'.
+# write_weir_conf [ID [EXTRA]]: writes $PERF_TMP/ID.toml (ID defaults to weir).
+# WEIR_SERVER_EXTRA (env) is appended to [server], one setting per line, e.g.
+# WEIR_SERVER_EXTRA='io = "epoll"'; then EXTRA (a variant's own lines), if given.
 write_weir_conf() {
+  local id=${1:-weir} extra=${2:-}
   {
     printf '[server]\nworkers = 1\n'
     if [[ -n ${WEIR_SERVER_EXTRA:-} ]]; then
       printf '%s\n' "$WEIR_SERVER_EXTRA"
+    fi
+    if [[ -n $extra ]]; then
+      printf '%s\n' "$extra"
     fi
     cat <<EOF
 
@@ -370,7 +378,7 @@ targets = ["127.0.0.1:$ORIGIN_PORT"]
 path = "/{*rest}"
 upstream = "origin"
 EOF
-  } >"$PERF_TMP/weir.toml"
+  } >"$PERF_TMP/$id.toml"
 }
 
 # resolve_weir_bin: sets WEIR_BIN (absolute); builds it if the default is missing.
@@ -414,8 +422,8 @@ start_proxy() {
     haproxy)
       start_bg "$PROXY_CPU" "$out" haproxy -db -f "$PERF_TMP/haproxy.cfg"
       ;;
-    weir)
-      start_bg "$PROXY_CPU" "$out" "$WEIR_BIN" run -c "$PERF_TMP/weir.toml"
+    weir | weir-*)
+      start_bg "$PROXY_CPU" "$out" "$WEIR_BIN" run -c "$PERF_TMP/$name.toml"
       ;;
     *) die "unknown proxy $name" ;;
   esac

@@ -20,6 +20,16 @@ Usage: perf/run.sh [options]
   --rounds N         interleaved rounds                     (default 3; env ROUNDS)
   --duration S       seconds per measured wrk run          (default 6; env DURATION)
   --conns N          wrk connections                        (default 64; env CONNS)
+  --weir-variants 'NAME=EXTRA;NAME=EXTRA;...'
+                     measure several Weir configurations, each as its own proxy
+                     "Weir (NAME)" in place of weir in --proxies: EXTRA is appended
+                     to [server] (after WEIR_SERVER_EXTRA); a literal \n in EXTRA
+                     starts a new line. Example:
+                     --weir-variants 'defer=ring = "defer_taskrun";epoll=io = "epoll"'
+  --rate-latency PCT after the closed-loop runs, run every proxy at PCT % of nginx's
+                     closed-loop 1k req/s with oha (fixed rate, coordinated-omission
+                     corrected) and report p50/p99/p99.9; needs oha (cargo install oha),
+                     nginx in --proxies and 1k in --workloads
   --keep             keep the temp dir (configs, logs, raw wrk output) and print its path
   -h, --help         this text
 
@@ -59,6 +69,8 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-6}
 CONNS=${CONNS:-64}
 WARMUP=1
+WEIR_VARIANTS=""
+RATE_PCT=""
 
 while (($#)); do
   case $1 in
@@ -72,6 +84,10 @@ while (($#)); do
     --duration=*) DURATION=${1#*=}; shift ;;
     --conns) CONNS=${2:?}; shift 2 ;;
     --conns=*) CONNS=${1#*=}; shift ;;
+    --weir-variants) WEIR_VARIANTS=${2?}; shift 2 ;;
+    --weir-variants=*) WEIR_VARIANTS=${1#*=}; shift ;;
+    --rate-latency) RATE_PCT=${2:?}; shift 2 ;;
+    --rate-latency=*) RATE_PCT=${1#*=}; shift ;;
     --keep) PERF_KEEP=1; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
@@ -92,6 +108,55 @@ for p in "${proxies[@]}"; do
   case $p in weir | nginx | haproxy) ;; *) die "unknown proxy '$p'" ;; esac
 done
 
+# --weir-variants 'NAME=EXTRA;...': weir in the proxy list becomes weir-NAME1,
+# weir-NAME2, ... (ids for lib.sh), each with its own [server] extra lines.
+variants=()                # ids, in the order given
+declare -A variant_extra=() variant_raw=()
+if [[ -n $WEIR_VARIANTS ]]; then
+  [[ " ${proxies[*]} " == *" weir "* ]] || die "--weir-variants needs weir in --proxies"
+  IFS=';' read -r -a vitems <<<"$WEIR_VARIANTS"
+  for item in "${vitems[@]}"; do
+    [[ $item =~ ^[[:space:]]*$ ]] && continue
+    [[ $item == *=* ]] || die "--weir-variants: '$item' is not NAME=EXTRA"
+    vname=${item%%=*}
+    vname=${vname#"${vname%%[![:space:]]*}"}  # trim
+    vname=${vname%"${vname##*[![:space:]]}"}
+    [[ $vname =~ ^[A-Za-z0-9_]+([.-][A-Za-z0-9_]+)*$ ]] ||
+      die "--weir-variants: name '$vname' must be letters, digits, _ . - (got it from '$item')"
+    vid=weir-$vname
+    [[ -z ${variant_raw[$vid]+x} ]] || die "--weir-variants: name '$vname' given twice"
+    variant_raw[$vid]=${item#*=}
+    variant_extra[$vid]=${variant_raw[$vid]//\\n/$'\n'}
+    variants+=("$vid")
+  done
+  ((${#variants[@]})) || die "--weir-variants: no NAME=EXTRA given"
+  expanded=()
+  for p in "${proxies[@]}"; do
+    if [[ $p == weir ]]; then expanded+=("${variants[@]}"); else expanded+=("$p"); fi
+  done
+  proxies=("${expanded[@]}")
+fi
+for ((i = 0; i < ${#proxies[@]}; i++)); do
+  for ((j = i + 1; j < ${#proxies[@]}; j++)); do
+    [[ ${proxies[i]} != "${proxies[j]}" ]] || die "proxy '${proxies[i]}' listed twice"
+  done
+done
+is_weir() { [[ $1 == weir || $1 == weir-* ]]; }
+
+if [[ -n $RATE_PCT ]]; then
+  [[ $RATE_PCT =~ ^[1-9][0-9]*$ ]] || die "--rate-latency PCT must be a positive integer (got '$RATE_PCT')"
+  [[ " ${proxies[*]} " == *" nginx "* ]] ||
+    die "--rate-latency needs nginx in --proxies: its closed-loop 1k req/s sets the rate"
+  [[ " ${workloads[*]} " == *" 1k "* ]] ||
+    die "--rate-latency needs 1k in --workloads: nginx's closed-loop 1k req/s sets the rate"
+  command -v python3 >/dev/null || die "--rate-latency needs python3 (to read oha's JSON)"
+  if ! command -v oha >/dev/null; then
+    die "--rate-latency needs oha (fixed-rate HTTP load generator with --latency-correction),
+which is not on PATH. Install it with:  cargo install oha
+(Debian has no package for it nor for wrk2; this script does not install it.)"
+  fi
+fi
+
 for tool in nginx wrk curl taskset ss awk; do
   command -v "$tool" >/dev/null || die "$tool not found"
 done
@@ -100,8 +165,8 @@ done
 
 root=$(perf_repo_root)
 has_weir=0
-if [[ " ${proxies[*]} " == *" weir "* ]]; then
-  has_weir=1
+for p in "${proxies[@]}"; do is_weir "$p" && has_weir=1; done
+if ((has_weir)); then
   resolve_weir_bin
 fi
 
@@ -114,7 +179,10 @@ make_bodies
 write_origin_conf 4096 75s
 write_nginx_proxy_conf 4096 75s
 write_haproxy_conf 4096 75s
-write_weir_conf
+write_weir_conf weir
+for v in "${variants[@]+"${variants[@]}"}"; do
+  write_weir_conf "$v" "${variant_extra[$v]}"
+done
 
 # upload64k: POST a 64 KiB body to /upload
 upload_lua=$PERF_TMP/upload64k.lua
@@ -191,11 +259,62 @@ parse_wrk() {
   ' "$1"
 }
 
+# run_oha OUTFILE PORT RATE SECONDS: oha on LOAD_CPU at a fixed RATE (req/s) over
+# CONNS keep-alive connections, latency measured from each request's scheduled
+# send time (--latency-correction), JSON to OUTFILE. 1k workload only.
+run_oha() {
+  local out=$1 port=$2 rate=$3 secs=$4 rc=0
+  timeout -k 5 $((secs + 30)) taskset -c "$LOAD_CPU" \
+    oha -z "${secs}s" -q "$rate" --latency-correction -c "$CONNS" --no-tui "${oha_json[@]}" \
+    "http://127.0.0.1:$port/1k" >"$out" 2>"$out.err" </dev/null || rc=$?
+  return "$rc"
+}
+
+# parse_oha FILE: "requests rps p50ms p99ms p999ms non2xx errors deadline" (n/a if
+# missing). requests = responses received (any status); errors = oha's error
+# distribution except requests cut off by the end of the run ("aborted due to deadline").
+parse_oha() {
+  python3 - "$1" <<'EOF'
+import json, sys
+try:
+    with open(sys.argv[1]) as f:
+        d = json.load(f)
+    codes = d.get("statusCodeDistribution") or {}
+    req = sum(codes.values())
+    non2xx = sum(n for c, n in codes.items() if not 200 <= int(c) < 400)
+    errs = d.get("errorDistribution") or {}
+    deadline = sum(n for e, n in errs.items() if "deadline" in e.lower())
+    other = sum(errs.values()) - deadline
+    total = float(d["summary"]["total"])
+    lat = d.get("latencyPercentiles") or {}
+
+    def ms(k):
+        v = lat.get(k)
+        return "n/a" if v is None else "%.3f" % (float(v) * 1000)
+
+    rps = "%.2f" % (req / total) if total > 0 else "n/a"
+    print(req, rps, ms("p50"), ms("p99"), ms("p99.9"), non2xx, other, deadline)
+except Exception:
+    print("n/a n/a n/a n/a n/a 0 0 0")
+EOF
+}
+
 # -------------------------------------------------------------- versions
 ver_nginx=$(nginx -v 2>&1 | head -n1)
 ver_nginx=${ver_nginx#nginx version: }
 ver_haproxy=$(haproxy -v 2>/dev/null | head -n1 || true)
 ver_wrk=$( (wrk -v 2>&1 || true) | head -n1)
+ver_oha="n/a"
+oha_json=()
+if [[ -n $RATE_PCT ]]; then
+  ver_oha=$( (timeout 5 oha --version 2>&1 || true) | head -n1)
+  # newer oha prints JSON with --output-format json, older ones with -j/--json
+  if timeout 5 oha --help 2>&1 | grep -q -- '--output-format'; then
+    oha_json=(--output-format json)
+  else
+    oha_json=(-j)
+  fi
+fi
 ver_weir="n/a"
 weir_bin_desc="n/a"
 if ((has_weir)); then
@@ -231,7 +350,7 @@ for w in 1k 16k 256k upload64k; do
 done
 
 # -------------------------------------------------------------- preflight
-declare -A preflight_note=()
+declare -A preflight_note=() weir_startup=()
 for p in "${proxies[@]}"; do
   start_proxy "$p"
   port=$(proxy_port "$p")
@@ -249,53 +368,77 @@ for p in "${proxies[@]}"; do
     fi
   done
   log "$(proxy_label "$p") preflight ok (127.0.0.1:$port)"
-  if [[ $p == weir ]]; then
-    weir_startup=$(head -n 8 "$PERF_TMP/logs/weir.out" || true)
+  if is_weir "$p"; then
+    weir_startup[$p]=$(head -n 8 "$PERF_TMP/logs/$p.out" || true)
   fi
   stop_proxy "$p" "$PROXY_PID"
 done
 
 # -------------------------------------------------------------- measure
 results=$PERF_TMP/results.tsv
+rate_results=$PERF_TMP/rate.tsv
 : >"$results"
+: >"$rate_results"
 nprox=${#proxies[@]}
 total_runs=$((ROUNDS * ${#workloads[@]} * nprox))
+[[ -z $RATE_PCT ]] || total_runs=$((total_runs + ROUNDS * nprox))
 run_no=0
 build_runs=0
+
+# measure_run TAG PROXY LOADCMD...: one fresh start of PROXY on PROXY_CPU, a
+# WARMUP s warm-up and a DURATION s measured run of "LOADCMD OUTFILE PORT
+# SECONDS", the proxy's CPU ticks and CPU 0's busy time around it, and a stop.
+# Sets M_RAW M_TICKS M_NS M_C0T M_C0I M_RC M_ALIVE.
+measure_run() {
+  local tag=$1 p=$2 port pp t0 t1 ticks0 ticks1 c0_t0 c0_i0 c0_t1 c0_i1
+  shift 2
+  port=$(proxy_port "$p")
+  run_no=$((run_no + 1))
+  start_proxy "$p"
+  if pgrep -x rustc >/dev/null 2>&1 || pgrep -x cargo >/dev/null 2>&1; then
+    build_runs=$((build_runs + 1))
+    log "WARNING: cargo/rustc is running during this run"
+  fi
+  mapfile -t ppids < <(proc_tree "$PROXY_PID")
+  "$@" "$PERF_TMP/raw/$tag-warmup.txt" "$port" "$WARMUP" || true
+
+  M_RAW=$PERF_TMP/raw/$tag.txt
+  read -r c0_t0 c0_i0 < <(cpu_busy_sample "$LOAD_CPU")
+  ticks0=$(proc_cpu_ticks "${ppids[@]}")
+  t0=$(date +%s%N)
+  M_RC=0
+  "$@" "$M_RAW" "$port" "$DURATION" || M_RC=$?
+  t1=$(date +%s%N)
+  ticks1=$(proc_cpu_ticks "${ppids[@]}")
+  read -r c0_t1 c0_i1 < <(cpu_busy_sample "$LOAD_CPU")
+
+  # every process of the proxy must have survived the run
+  M_ALIVE=1
+  for pp in "${ppids[@]}"; do kill -0 "$pp" 2>/dev/null || M_ALIVE=0; done
+  stop_proxy "$p" "$PROXY_PID"
+  M_TICKS=$((ticks1 - ticks0))
+  M_NS=$((t1 - t0))
+  M_C0T=$((c0_t1 - c0_t0))
+  M_C0I=$((c0_i1 - c0_i0))
+}
+
+# load commands for measure_run: ... OUTFILE PORT SECONDS
+wrk_load() { run_wrk "$2" "$3" "$1" "$4"; }    # wrk_load WORKLOAD OUT PORT SECS
+oha_load() { run_oha "$2" "$3" "$1" "$4"; }    # oha_load RATE OUT PORT SECS
+
 for ((r = 1; r <= ROUNDS; r++)); do
   for w in "${workloads[@]}"; do
     for ((i = 0; i < nprox; i++)); do
       p=${proxies[$(((i + r - 1) % nprox))]}  # rotate the order each round
-      port=$(proxy_port "$p")
-      run_no=$((run_no + 1))
-      start_proxy "$p"
-      if pgrep -x rustc >/dev/null 2>&1 || pgrep -x cargo >/dev/null 2>&1; then
-        build_runs=$((build_runs + 1))
-        log "WARNING: cargo/rustc is running during this run"
-      fi
-      mapfile -t ppids < <(proc_tree "$PROXY_PID")
-      run_wrk "$PERF_TMP/raw/r$r-$w-$p-warmup.txt" "$port" "$w" "$WARMUP" || true
-
-      raw=$PERF_TMP/raw/r$r-$w-$p.txt
-      read -r c0_t0 c0_i0 < <(cpu_busy_sample "$LOAD_CPU")
-      ticks0=$(proc_cpu_ticks "${ppids[@]}")
-      t0=$(date +%s%N)
-      wrk_rc=0
-      run_wrk "$raw" "$port" "$w" "$DURATION" || wrk_rc=$?
-      t1=$(date +%s%N)
-      ticks1=$(proc_cpu_ticks "${ppids[@]}")
-      read -r c0_t1 c0_i1 < <(cpu_busy_sample "$LOAD_CPU")
-
-      # every process of the proxy must have survived the run
-      alive=1
-      for pp in "${ppids[@]}"; do kill -0 "$pp" 2>/dev/null || alive=0; done
-      stop_proxy "$p" "$PROXY_PID"
+      measure_run "r$r-$w-$p" "$p" wrk_load "$w"
+      raw=$M_RAW
+      wrk_rc=$M_RC
 
       read -r req rps p50 p99 n2 sc sr sw st < <(parse_wrk "$raw")
       awk -v r="$r" -v w="$w" -v p="$p" -v req="$req" -v rps="$rps" -v p50="$p50" -v p99="$p99" \
-        -v ticks=$((ticks1 - ticks0)) -v hz="$CLK_TCK" -v ns=$((t1 - t0)) \
+        -v ticks="$M_TICKS" -v hz="$CLK_TCK" -v ns="$M_NS" \
         -v n2="$n2" -v sc="$sc" -v sr="$sr" -v sw="$sw" -v st="$st" \
-        -v c0t=$((c0_t1 - c0_t0)) -v c0i=$((c0_i1 - c0_i0)) -v rc="$wrk_rc" -v alive="$alive" '
+        -v c0t="$M_C0T" -v c0i="$M_C0I" -v rc="$wrk_rc" -v alive="$M_ALIVE" '
         BEGIN {
           cpu = ticks / hz; wall = ns / 1e9
           us = (req ~ /^[0-9]+$/ && req > 0) ? sprintf("%.2f", cpu * 1e6 / req) : "n/a"
@@ -309,10 +452,51 @@ for ((r = 1; r <= ROUNDS; r++)); do
       IFS=$'\t' read -r -a row < <(tail -n1 "$results")
       log "[$run_no/$total_runs] round $r $w $(proxy_label "$p"): ${row[4]} req/s, p99 ${row[6]} ms, ${row[9]} us CPU/req, ${row[16]} cores, CPU0 ${row[15]}% busy, non-2xx ${row[10]}, sock err ${row[11]}/${row[12]}/${row[13]}/${row[14]}"
       ((wrk_rc == 0)) || log "WARNING: wrk exited with $wrk_rc (see $raw with --keep)"
-      ((alive)) || log "WARNING: a process of $(proxy_label "$p") died during the run"
+      ((M_ALIVE)) || log "WARNING: a process of $(proxy_label "$p") died during the run"
     done
   done
 done
+
+# -------------------------------------------------------------- fixed rate
+# --rate-latency PCT: every proxy at PCT % of nginx's closed-loop 1k req/s (median
+# over the rounds above), open loop with oha, latency corrected for coordinated
+# omission. Same interleaving and rotation as above.
+rate_target=""
+rate_ref=""
+rate_skip=""
+if [[ -n $RATE_PCT ]]; then
+  rate_ref=$(awk -F'\t' '$2 == "1k" && $3 == "nginx" && $5 ~ /^[0-9.]+$/ { print $5 }' "$results" |
+    sort -g | awk '{ a[NR] = $1 } END { if (NR) print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }')
+  if [[ -z $rate_ref ]]; then
+    rate_skip="nginx has no closed-loop 1k req/s in this run, so there is no rate to aim at"
+    log "WARNING: fixed-rate runs skipped: $rate_skip"
+  else
+    rate_target=$(awk -v r="$rate_ref" -v p="$RATE_PCT" 'BEGIN { t = int(r * p / 100 + 0.5); print (t < 1 ? 1 : t) }')
+    log "fixed rate: $rate_target req/s = $RATE_PCT % of nginx's closed-loop 1k median ($(printf '%.0f' "$rate_ref") req/s), $ver_oha"
+    for ((r = 1; r <= ROUNDS; r++)); do
+      for ((i = 0; i < nprox; i++)); do
+        p=${proxies[$(((i + r - 1) % nprox))]}
+        measure_run "rate-r$r-$p" "$p" oha_load "$rate_target"
+        read -r req rps p50 p99 p999 n2 errs deadline < <(parse_oha "$M_RAW")
+        awk -v r="$r" -v p="$p" -v target="$rate_target" -v req="$req" -v rps="$rps" \
+          -v p50="$p50" -v p99="$p99" -v p999="$p999" -v n2="$n2" -v errs="$errs" -v dl="$deadline" \
+          -v ticks="$M_TICKS" -v hz="$CLK_TCK" -v ns="$M_NS" -v c0t="$M_C0T" -v c0i="$M_C0I" \
+          -v rc="$M_RC" -v alive="$M_ALIVE" '
+          BEGIN {
+            cpu = ticks / hz; wall = ns / 1e9
+            us = (req ~ /^[0-9]+$/ && req > 0) ? sprintf("%.2f", cpu * 1e6 / req) : "n/a"
+            busy = c0t > 0 ? sprintf("%.1f", 100 * (c0t - c0i) / c0t) : "n/a"
+            printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.3f\t%s\t%s\t%s\t%s\t%.3f\t%s\t%s\t%s\n",
+              r, p, target, req, rps, p50, p99, p999, cpu, wall, us, n2, errs, dl, cpu / wall, rc, alive, busy
+          }' >>"$rate_results"
+        IFS=$'\t' read -r -a row < <(tail -n1 "$rate_results")
+        log "[$run_no/$total_runs] round $r fixed rate $rate_target req/s $(proxy_label "$p"): ${row[4]} req/s done, p50/p99/p99.9 ${row[5]}/${row[6]}/${row[7]} ms, ${row[10]} us CPU/req, ${row[14]} cores, non-2xx ${row[11]}, errors ${row[12]}"
+        ((M_RC == 0)) || log "WARNING: oha exited with $M_RC: $(head -c 300 "$M_RAW.err" 2>/dev/null | tr '\n' ' ')"
+        ((M_ALIVE)) || log "WARNING: a process of $(proxy_label "$p") died during the run"
+      done
+    done
+  fi
+fi
 
 # -------------------------------------------------------------- report
 sha=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo nogit)
@@ -338,11 +522,42 @@ median() {
 
 # col WORKLOAD PROXY COLUMN(1-based in results.tsv) -> values, one per round
 col() { awk -F'\t' -v w="$1" -v p="$2" -v c="$3" '$2 == w && $3 == p { print $c }' "$results"; }
+# rcol PROXY COLUMN(1-based in rate.tsv) -> median over rounds
+rcol() { awk -F'\t' -v p="$1" -v c="$2" '$2 == p { print $c }' "$rate_results" | median; }
 fmt() { awk -v v="$1" -v f="$2" 'BEGIN { if (v ~ /^-?[0-9.]+$/) printf f, v; else printf "%s", v }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else printf "n/a" }'; }
 
-# baseline for ratios: Weir against each other proxy; without Weir, the first proxy listed
-if ((has_weir)); then base=weir; else base=${proxies[0]}; fi
+# ratio pairs "A B" (A/B): Weir, or each Weir variant, against each non-Weir proxy;
+# each variant after the first also against the first; without Weir, the first
+# proxy listed against each other one.
+pairs=()
+if ((has_weir)); then
+  for a in "${proxies[@]}"; do
+    is_weir "$a" || continue
+    for b in "${proxies[@]}"; do
+      is_weir "$b" || pairs+=("$a $b")
+    done
+  done
+  for a in "${variants[@]:1}"; do pairs+=("$a ${variants[0]}"); done
+else
+  for b in "${proxies[@]:1}"; do pairs+=("${proxies[0]} $b"); done
+fi
+
+# -------------------------------------------------------------- charts
+# SVGs next to the report (same stem), written by charts.py (python3, stdlib only).
+chart_stem=${report%.md}
+charts=()
+if command -v python3 >/dev/null; then
+  chart_args=(--results "$results" --out-stem "$chart_stem" --workloads "$WORKLOADS" --rounds "$ROUNDS")
+  for p in "${proxies[@]}"; do chart_args+=(--proxy "$p=$(proxy_label "$p")"); done
+  if chart_out=$(python3 "$here/charts.py" "${chart_args[@]}"); then
+    [[ -z $chart_out ]] || mapfile -t charts <<<"$chart_out"
+  else
+    log "WARNING: charts.py failed; the report has no charts"
+  fi
+else
+  log "WARNING: python3 not found: no charts"
+fi
 
 {
   echo "# Reverse-proxy benchmark: $(date -u '+%Y-%m-%d %H:%M UTC')"
@@ -358,15 +573,26 @@ if ((has_weir)); then base=weir; else base=${proxies[0]}; fi
   echo "- nginx: $ver_nginx"
   echo "- haproxy: $ver_haproxy"
   echo "- wrk: $ver_wrk"
+  [[ -z $RATE_PCT ]] || echo "- oha: $ver_oha"
   echo "- weir: $ver_weir; binary $weir_bin_desc"
   if ((has_weir)); then
     echo "- Weir [server] extra: \`${WEIR_SERVER_EXTRA:-none}\`"
-    if [[ -n ${weir_startup:-} ]]; then
+    if ((${#variants[@]} == 0)) && [[ -n ${weir_startup[weir]:-} ]]; then
       echo "- Weir's first output lines at start:"
       echo
       echo '  ```'
-      while IFS= read -r line; do echo "  $line"; done <<<"$weir_startup"
+      while IFS= read -r line; do echo "  $line"; done <<<"${weir_startup[weir]}"
       echo '  ```'
+    fi
+    if ((${#variants[@]})); then
+      echo "- Weir variants, each measured as its own proxy (same binary; its lines go into [server] after the extra above):"
+      for v in "${variants[@]}"; do
+        echo "  - **$(proxy_label "$v")**: \`${variant_raw[$v]}\`; first output lines at start:"
+        echo
+        echo '    ```'
+        while IFS= read -r line; do echo "    $line"; done <<<"${weir_startup[$v]:-}"
+        echo '    ```'
+      done
     fi
   fi
   echo "- nginx proxy_request_buffering: ${NGINX_REQUEST_BUFFERING:-off} (nginx's default is on); other proxy settings: \`${NGINX_PROXY_EXTRA:-nginx defaults}\`"
@@ -414,8 +640,8 @@ if ((has_weir)); then base=weir; else base=${proxies[0]}; fi
       echo "| $(proxy_label "$p") | $(fmt "${med_rps[$p]}" %.0f) | $(fmt "$p50" %.2f) | $(fmt "$p99" %.2f) | $(fmt "${med_us[$p]}" %.2f) | $errs | $(fmt "${med_cores[$p]}" %.2f) | $(fmt "${med_busy[$p]}" %.0f) |"
     done
     echo
-    for p in "${proxies[@]}"; do
-      [[ $p == "$base" ]] && continue
+    for pair in "${pairs[@]}"; do
+      read -r base p <<<"$pair"
       # per-round ratios show how much the noise moves them
       per_round=$(awk -F'\t' -v w="$w" -v a="$base" -v b="$p" '
         $2 == w && $3 == a { ra[$1] = $5; ua[$1] = $10 }
@@ -438,8 +664,8 @@ if ((has_weir)); then base=weir; else base=${proxies[0]}; fi
     # Is the load core (CPU 0) the limit? (see README, "Which core is the limit")
     hint=$(
       for p in "${proxies[@]}"; do
-        echo "$(proxy_label "$p") ${med_rps[$p]} ${med_cores[$p]} ${med_busy[$p]}"
-      done | awk '
+        printf '%s\t%s\t%s\t%s\n' "$(proxy_label "$p")" "${med_rps[$p]}" "${med_cores[$p]}" "${med_busy[$p]}"
+      done | awk -F'\t' '
         $2 ~ /^[0-9.]+$/ && $3 ~ /^[0-9.]+$/ && $4 ~ /^[0-9.]+$/ {
           n++; if (n == 1 || $2 < lo) lo = $2; if ($2 > hi) hi = $2
           if ($3 < 0.95 && $4 >= 95) { what = "CPU 0 (wrk + origin) is the limit"; loadb++ }
@@ -476,6 +702,55 @@ if ((has_weir)); then base=weir; else base=${proxies[0]}; fi
     unset med_rps med_us med_cores med_busy errs_of
   done
 
+  if [[ -n $RATE_PCT ]]; then
+    echo
+    echo "## Fixed-rate latency (1k, open loop, corrected for coordinated omission)"
+    echo
+    if [[ -n $rate_skip ]]; then
+      echo "Not run: $rate_skip."
+    else
+      echo "Every proxy at the same fixed rate, **$rate_target req/s** = $RATE_PCT % of nginx's closed-loop 1k req/s"
+      echo "in this run (median $(printf '%.0f' "$rate_ref")): \`oha -z ${DURATION}s -q $rate_target --latency-correction -c $CONNS --no-tui ${oha_json[*]}\`"
+      echo "on CPU $LOAD_CPU after a ${WARMUP} s warm-up at the same rate, $ROUNDS interleaved rounds, medians over rounds. Latency"
+      echo "counts from the time each request was due to be sent, so time spent queued behind a slow"
+      echo "response is included (unlike wrk's closed loop above)."
+      echo
+      echo "| proxy | target req/s | done req/s | p50 ms | p99 ms | p99.9 ms | CPU/req µs | proxy cores | errors |"
+      echo "|---|---:|---:|---:|---:|---:|---:|---:|---|"
+      for p in "${proxies[@]}"; do
+        rerrs=$(awk -F'\t' -v p="$p" '
+          $2 == p { n2 += $12; e += $13; if ($16 != 0) rc++; if ($17 != 1) dead++ }
+          END {
+            out = ""
+            if (n2) out = out sprintf("**%d non-2xx** ", n2)
+            if (e) out = out sprintf("**%d errors** ", e)
+            if (rc) out = out sprintf("**oha failed x%d** ", rc)
+            if (dead) out = out sprintf("**proxy died x%d** ", dead)
+            sub(/ $/, "", out)
+            print (out == "" ? "0" : out)
+          }' "$rate_results")
+        echo "| $(proxy_label "$p") | $rate_target | $(fmt "$(rcol "$p" 5)" %.0f) | $(fmt "$(rcol "$p" 6)" %.2f) | $(fmt "$(rcol "$p" 7)" %.2f) | $(fmt "$(rcol "$p" 8)" %.2f) | $(fmt "$(rcol "$p" 11)" %.2f) | $(fmt "$(rcol "$p" 15)" %.2f) | $rerrs |"
+      done
+      echo
+      echo "_done req/s below the target means the proxy (or the load core) could not keep up: its latencies then grow with the backlog. Requests still in flight when the run ends (oha: \"aborted due to deadline\") are not errors; the per-run table counts them._"
+    fi
+  fi
+
+  if ((${#charts[@]})); then
+    echo
+    echo "## Charts"
+    echo
+    for c in "${charts[@]}"; do
+      case $c in
+        *-throughput.svg) alt="req/s and p99 per proxy" ;;
+        *-cpu.svg) alt="CPU time per request per proxy and workload" ;;
+        *) alt="chart" ;;
+      esac
+      echo "![$alt](${c##*/})"
+      echo
+    done
+  fi
+
   echo
   echo "<details><summary>Per-run values</summary>"
   echo
@@ -487,6 +762,15 @@ if ((has_weir)); then base=weir; else base=${proxies[0]}; fi
   echo "CPU0 µs/req: busy time of the load core (wrk + origin) per request. For one proxy and"
   echo "workload that work is the same in every round, so when it moves the host slowed CPU 0 down"
   echo "(it differs between proxies: on loopback the sender pays part of the receiver's kernel work)."
+  if [[ -n $RATE_PCT && -z $rate_skip ]]; then
+    echo
+    echo "Fixed-rate runs (oha):"
+    echo
+    echo "| round | proxy | target req/s | responses | done req/s | p50 ms | p99 ms | p99.9 ms | CPU s | wall s | CPU/req µs | non-2xx | errors | cut by deadline | cores | CPU0 busy % |"
+    echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+      $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $18 }' "$rate_results"
+  fi
   echo
   echo "</details>"
 } >"$report"
@@ -494,6 +778,7 @@ if ((has_weir)); then base=weir; else base=${proxies[0]}; fi
 cat "$report"
 echo
 log "report written to ${report#"$root"/}"
+for c in "${charts[@]+"${charts[@]}"}"; do log "chart written to ${c#"$root"/}"; done
 if ((PERF_KEEP)); then
   log "raw wrk output, configs and logs: $PERF_TMP"
 fi
