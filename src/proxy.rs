@@ -864,3 +864,29 @@ mod tests {
         assert_eq!(out, b"1a2b\r\n1\r\n");
     }
 }
+
+#[cfg(test)]
+mod size_guard {
+    /// Every idle keep-alive connection holds one of these futures: its size is most of
+    /// what an idle connection costs (see perf/results for the measured KiB per connection).
+    #[test]
+    fn the_connection_task_stays_small() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            c.set_nonblocking(true).unwrap();
+            let s = monoio::net::TcpStream::from_std(c).unwrap();
+            let cfg =
+                crate::config::parse("[[listener]]\naddress = \"127.0.0.1:0\"\n", "t").unwrap();
+            let gw = std::sync::Arc::new(crate::gateway::Gateway::new(cfg).unwrap());
+            let w = std::rc::Rc::new(crate::worker::Worker::new(0, gw, 1));
+            let fut = super::serve(w, 0, s, "127.0.0.1:1".parse().unwrap());
+            let size = std::mem::size_of_val(&fut);
+            assert!(size <= 4096, "the connection future grew to {size} bytes");
+        });
+    }
+}
