@@ -174,6 +174,7 @@ fn rewrite(c: &mut Criterion) {
                     close: false,
                     keep_alive_10: false,
                     chunked: false,
+                    extra: b"",
                 },
             );
             black_box(&out);

@@ -30,6 +30,8 @@ use toml::Spanned;
 pub struct Config {
     pub server: Server,
     pub http: HttpLimits,
+    /// The global bucket (API Gateway's account level); off unless configured.
+    pub throttle: Option<Throttle>,
     pub listeners: Vec<Listener>,
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
@@ -94,6 +96,17 @@ pub struct Listener {
     pub name: String,
     pub address: SocketAddr,
     pub backlog: u32,
+    /// The listener's bucket (API Gateway's stage level).
+    pub throttle: Option<Throttle>,
+}
+
+/// A token bucket: `rate` requests per second refill it, `burst` is its size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Throttle {
+    /// Name in the `RateLimit` / `RateLimit-Policy` fields.
+    pub name: String,
+    pub rate: f64,
+    pub burst: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -139,6 +152,10 @@ pub struct Route {
     pub methods: Option<Vec<String>>,
     pub integration: Integration,
     pub max_body: u64,
+    /// The route's bucket (API Gateway's method level).
+    pub throttle: Option<Throttle>,
+    /// Send `RateLimit` fields on admitted responses too (always on 429s).
+    pub rate_limit_headers: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,6 +212,9 @@ struct ConfigFile {
     server: Option<Spanned<ServerFile>>,
     #[serde(default)]
     http: Option<Spanned<HttpFile>>,
+    /// The global bucket: every request on every listener.
+    #[serde(default)]
+    throttle: Option<Spanned<ThrottleFile>>,
     #[serde(default)]
     listener: Vec<Spanned<ListenerFile>>,
     #[serde(default)]
@@ -258,6 +278,22 @@ struct ListenerFile {
     name: Option<Spanned<String>>,
     /// Listen backlog. Default 1024 (nginx uses 511; the kernel caps it at somaxconn).
     backlog: Option<u32>,
+    /// A bucket for every request on this listener (the stage level).
+    throttle: Option<Spanned<ThrottleFile>>,
+}
+
+/// `throttle = { rate = 100, burst = 50 }`: a token bucket.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ThrottleFile {
+    /// Requests per second (fractions allowed, like 0.5).
+    rate: f64,
+    /// Bucket size: requests admitted at once after a quiet spell. Default: `rate`, at least 1.
+    burst: Option<u32>,
+    /// Name in the RateLimit fields. Default: "global", the listener's name, or "route".
+    name: Option<String>,
+    /// Routes only: send RateLimit fields on admitted responses too. Default false.
+    headers: Option<bool>,
 }
 
 /// `[upstream.NAME]`: a group of backend targets.
@@ -323,6 +359,8 @@ struct RouteFile {
     set_host: Option<Spanned<String>>,
     /// Largest request body for this route. Default `[http] max_body`.
     max_body: Option<Size>,
+    /// A bucket for this route (the method level).
+    throttle: Option<Spanned<ThrottleFile>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -575,6 +613,9 @@ pub fn parse(src: &str, file: &str) -> Result<Config, ConfigErrors> {
 fn resolve(raw: ConfigFile, ck: &mut Checker) -> Option<Config> {
     let server = resolve_server(raw.server, ck);
     let http = resolve_http(raw.http, ck);
+    let throttle = raw
+        .throttle
+        .map(|t| resolve_throttle(t, "global", false, ck));
 
     if raw.listener.is_empty() {
         ck.error(
@@ -607,10 +648,12 @@ fn resolve(raw: ConfigFile, ck: &mut Checker) -> Option<Config> {
                 format!("address {address} is used by two listeners"),
             );
         }
+        let throttle = l.throttle.map(|t| resolve_throttle(t, &name, false, ck));
         listeners.push(Listener {
             name,
             address,
             backlog: l.backlog.unwrap_or(1024),
+            throttle,
         });
     }
 
@@ -647,6 +690,7 @@ fn resolve(raw: ConfigFile, ck: &mut Checker) -> Option<Config> {
     Some(Config {
         server,
         http,
+        throttle,
         listeners,
         upstreams,
         routes,
@@ -951,6 +995,12 @@ fn resolve_route(
         }
     };
 
+    let rate_limit_headers = r
+        .throttle
+        .as_ref()
+        .and_then(|t| t.get_ref().headers)
+        .unwrap_or(false);
+    let throttle = r.throttle.map(|t| resolve_throttle(t, "route", true, ck));
     if !ok {
         return None;
     }
@@ -962,7 +1012,51 @@ fn resolve_route(
         methods,
         integration,
         max_body: r.max_body.map_or(http.max_body, |s| s.0),
+        throttle,
+        rate_limit_headers,
     })
+}
+
+fn resolve_throttle(
+    raw: Spanned<ThrottleFile>,
+    default_name: &str,
+    is_route: bool,
+    ck: &mut Checker,
+) -> Throttle {
+    let span = raw.span();
+    let t = raw.into_inner();
+    if !(t.rate.is_finite() && t.rate > 0.0 && t.rate <= 1e9) {
+        ck.error(
+            span.clone(),
+            format!(
+                "rate = {}: use a number of requests per second above 0",
+                t.rate
+            ),
+        );
+    }
+    let burst = t.burst.unwrap_or_else(|| (t.rate.ceil() as u32).max(1));
+    if burst == 0 {
+        ck.error(span.clone(), "burst must be at least 1");
+    }
+    if t.headers.is_some() && !is_route {
+        ck.error(span.clone(), "`headers` applies to a route's throttle only");
+    }
+    let name = t.name.unwrap_or_else(|| default_name.to_string());
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        ck.error(
+            span,
+            format!("throttle name `{name}` must be printable ASCII without quotes or backslashes"),
+        );
+    }
+    Throttle {
+        name,
+        rate: t.rate,
+        burst,
+    }
 }
 
 fn resolve_mock(raw: Spanned<MockFile>, ck: &mut Checker) -> Option<Mock> {

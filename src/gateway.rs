@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, Integration};
 use crate::http::write::MockResponse;
+use crate::limit::SharedBucket;
 use crate::router::Router;
 use crate::upstream::SharedUpstream;
 
@@ -19,6 +20,11 @@ pub struct Gateway {
     /// The rendered response of each mock route, indexed like `config.routes`.
     pub mocks: Vec<Option<MockResponse>>,
     pub upstreams: Vec<Arc<SharedUpstream>>,
+    /// Every token bucket: global, per listener, per route.
+    pub buckets: Vec<SharedBucket>,
+    /// For each listener and route, the buckets a request passes, in order: route,
+    /// listener, global (API Gateway's method, stage, account order).
+    pub chains: Vec<Vec<Box<[usize]>>>,
 }
 
 impl Gateway {
@@ -46,11 +52,34 @@ impl Gateway {
             .iter()
             .map(|u| Arc::new(SharedUpstream::new(u.clone())))
             .collect();
+        let mut buckets = Vec::new();
+        let mut add = |t: &Option<crate::config::Throttle>| {
+            t.as_ref().map(|t| {
+                buckets.push(SharedBucket::new(&t.name, t.rate, t.burst));
+                buckets.len() - 1
+            })
+        };
+        let global = add(&config.throttle);
+        let per_listener: Vec<Option<usize>> =
+            config.listeners.iter().map(|l| add(&l.throttle)).collect();
+        let per_route: Vec<Option<usize>> =
+            config.routes.iter().map(|r| add(&r.throttle)).collect();
+        let chains = per_listener
+            .iter()
+            .map(|&listener| {
+                per_route
+                    .iter()
+                    .map(|&route| [route, listener, global].into_iter().flatten().collect())
+                    .collect()
+            })
+            .collect();
         Ok(Gateway {
             config,
             routers,
             mocks,
             upstreams,
+            buckets,
+            chains,
         })
     }
 }

@@ -5,13 +5,15 @@
 //! - [`server`]: binds listeners, starts one pinned [`worker`] per core, handles signals;
 //! - [`worker`]: per-core state and accept loops; each connection goes to [`proxy`];
 //! - [`proxy`]: the request path: read a head ([`http`]), route it ([`router`]), run the
-//!   route's stages, integrate (mock, or an [`upstream`] with [`rewrite`]n headers), respond.
+//!   route's stages (throttle: [`limit`]), integrate (mock, or an [`upstream`] with
+//!   [`rewrite`]n headers), respond.
 //!
 //! [`config`] reads and checks the file once; [`gateway`] compiles it into what workers share.
 
 pub mod config;
 pub mod gateway;
 pub mod http;
+pub mod limit;
 pub mod net;
 pub mod proxy;
 pub mod rewrite;

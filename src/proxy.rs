@@ -22,10 +22,11 @@ use monoio::net::TcpStream;
 use monoio::time::{timeout, timeout_at, Instant};
 
 use crate::config::{HttpIntegration, Integration, Route, Upstream};
-use crate::http::write::{error_response, Trailer, CONTINUE};
+use crate::http::write::{error_response, push_u64, Trailer, CONTINUE};
 use crate::http::{
     parse_request, parse_response, BodyFraming, ChunkedDecoder, Reject, RequestHead, ResponseHead,
 };
+use crate::limit::{ceil_secs, write_fields, Refusal};
 use crate::net::read_more;
 use crate::rewrite::{self, ForwardRequest, ForwardResponse};
 use crate::router::RouteMatch;
@@ -133,6 +134,8 @@ struct Connection {
     request_id: [u8; 200],
     request_id_len: usize,
     sent_continue: bool,
+    /// Header lines the stages add to this request's response (RateLimit fields).
+    stage_headers: Vec<u8>,
 }
 
 impl Connection {
@@ -161,6 +164,7 @@ impl Connection {
             request_id: [0; 200],
             request_id_len: 0,
             sent_continue: false,
+            stage_headers: Vec::new(),
         }
     }
 
@@ -303,6 +307,21 @@ impl Connection {
 
         // Stages run here, in this order, each able to answer on its own:
         // authorize (API keys, JWT) -> throttle (rate, burst, quota) -> cache.
+        self.stage_headers.clear();
+        let chain = &gateway.chains[self.listener][route_id];
+        if !chain.is_empty() {
+            let now = crate::limit::now_nanos();
+            if let Err(refusal) = worker.leases.admit(&gateway.buckets, chain, now) {
+                return self.respond_throttled(refusal).await;
+            }
+            if route.rate_limit_headers {
+                if let Some(st) = worker.leases.standing(&gateway.buckets, chain, now) {
+                    let bucket = &gateway.buckets[st.bucket];
+                    let reset = ceil_secs(st.reset_nanos);
+                    write_fields(&mut self.stage_headers, bucket, st.remaining, reset);
+                }
+            }
+        }
 
         match &route.integration {
             Integration::Mock(_) => {
@@ -319,6 +338,7 @@ impl Connection {
                     &date,
                     close,
                     self.facts.http10,
+                    &self.stage_headers,
                 );
                 mock.write(&mut self.out, self.facts.is_head, &trailer);
                 self.flush_to_client().await.is_ok() && !close
@@ -371,8 +391,47 @@ impl Connection {
             &date,
             close,
             self.facts.http10,
+            b"",
         );
-        error_response(&mut self.out, status, allow, &trailer);
+        let allow_header = |out: &mut Vec<u8>| {
+            if let Some(allow) = allow {
+                out.extend_from_slice(b"allow: ");
+                out.extend_from_slice(allow);
+                out.extend_from_slice(b"\r\n");
+            }
+        };
+        error_response(&mut self.out, status, allow_header, &trailer);
+        self.flush_to_client().await.is_ok() && !close
+    }
+
+    /// 429 from the throttle stage: `Retry-After` in whole seconds until the refusing
+    /// bucket admits a request (at least 1), and its RateLimit fields.
+    async fn respond_throttled(&mut self, refusal: Refusal) -> bool {
+        let worker = self.worker.clone();
+        let bucket = &worker.gateway.buckets[refusal.bucket];
+        let retry = ceil_secs(refusal.wait_nanos).max(1);
+        let unread_body = self.head.has_body();
+        if !unread_body {
+            self.buf.advance(self.head.len);
+        }
+        let close = unread_body || !self.keeps_alive();
+        let date = worker.date();
+        self.ensure_write_buffer();
+        self.out.clear();
+        let trailer = trailer(
+            &self.request_id[..self.request_id_len],
+            &date,
+            close,
+            self.facts.http10,
+            b"",
+        );
+        let fields = |out: &mut Vec<u8>| {
+            out.extend_from_slice(b"retry-after: ");
+            push_u64(out, retry);
+            out.extend_from_slice(b"\r\n");
+            write_fields(out, bucket, 0, retry);
+        };
+        error_response(&mut self.out, 429, fields, &trailer);
         self.flush_to_client().await.is_ok() && !close
     }
 
@@ -730,6 +789,7 @@ impl Connection {
                 close,
                 keep_alive_10: self.facts.http10 && !close,
                 chunked: rechunk,
+                extra: &self.stage_headers,
             },
         );
         ubuf.advance(self.response.len);
@@ -843,12 +903,19 @@ fn chunk_header(out: &mut Vec<u8>, len: usize) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn trailer<'a>(request_id: &'a [u8], date: &'a [u8], close: bool, http10: bool) -> Trailer<'a> {
+fn trailer<'a>(
+    request_id: &'a [u8],
+    date: &'a [u8],
+    close: bool,
+    http10: bool,
+    extra: &'a [u8],
+) -> Trailer<'a> {
     Trailer {
         date,
         request_id,
         close,
         keep_alive_10: http10 && !close,
+        extra,
     }
 }
 
@@ -883,7 +950,7 @@ mod size_guard {
             let cfg =
                 crate::config::parse("[[listener]]\naddress = \"127.0.0.1:0\"\n", "t").unwrap();
             let gw = std::sync::Arc::new(crate::gateway::Gateway::new(cfg).unwrap());
-            let w = std::rc::Rc::new(crate::worker::Worker::new(0, gw, 1));
+            let w = std::rc::Rc::new(crate::worker::Worker::new(0, gw, 1, 1));
             let fut = super::serve(w, 0, s, "127.0.0.1:1".parse().unwrap());
             let size = std::mem::size_of_val(&fut);
             assert!(size <= 4096, "the connection future grew to {size} bytes");

@@ -121,6 +121,8 @@ pub struct ForwardResponse<'a> {
     pub keep_alive_10: bool,
     /// The upstream body runs until close; Weir re-frames it as chunked.
     pub chunked: bool,
+    /// Header lines a stage added (each ending in CRLF), e.g. RateLimit fields.
+    pub extra: &'a [u8],
 }
 
 /// Appends the response head to send to the client.
@@ -135,6 +137,7 @@ pub fn response_head(out: &mut Vec<u8>, ubuf: &[u8], head: &ResponseHead, f: &Fo
         head.connection_names_headers,
         |k| !matches!(k, HeaderKind::Connection | HeaderKind::HopByHop),
     );
+    out.extend_from_slice(f.extra);
     if !head.has_request_id {
         out.extend_from_slice(b"x-request-id: ");
         out.extend_from_slice(f.request_id);
@@ -299,6 +302,7 @@ mod tests {
                 close: true,
                 keep_alive_10: false,
                 chunked: false,
+                extra: b"",
             },
         );
         assert_eq!(

@@ -102,9 +102,16 @@ pub fn start(config: Config) -> Result<Running, String> {
         let gateway = gateway.clone();
         let shutdown = shutdown.clone();
         let ready = ready_tx.clone();
+        let plan = WorkerPlan {
+            id,
+            workers,
+            cpu,
+            seed,
+            listeners,
+        };
         let t = thread::Builder::new()
             .name(format!("weir-worker-{id}"))
-            .spawn(move || worker_thread(id, cpu, gateway, listeners, shutdown, ready, seed))
+            .spawn(move || worker_thread(plan, gateway, shutdown, ready))
             .map_err(|e| format!("cannot start worker thread: {e}"))?;
         threads.push(t);
     }
@@ -131,15 +138,31 @@ pub fn start(config: Config) -> Result<Running, String> {
     })
 }
 
-fn worker_thread(
+/// What one worker thread is given at start.
+struct WorkerPlan {
     id: usize,
+    /// How many workers there are in all (throttle leases are sized by it).
+    workers: usize,
     cpu: Option<usize>,
-    gateway: Arc<Gateway>,
+    /// Per-process random seed for request ids.
+    seed: u64,
+    /// This worker's own socket for each listener, by listener index.
     listeners: Vec<(usize, std::net::TcpListener)>,
+}
+
+fn worker_thread(
+    plan: WorkerPlan,
+    gateway: Arc<Gateway>,
     shutdown: Arc<AtomicBool>,
     ready: mpsc::Sender<Result<Driver, String>>,
-    seed: u64,
 ) {
+    let WorkerPlan {
+        id,
+        workers,
+        cpu,
+        seed,
+        listeners,
+    } = plan;
     if let Some(cpu) = cpu {
         if let Err(e) = crate::net::pin_current_thread(cpu) {
             eprintln!("weir: worker {id}: cannot pin to CPU {cpu}: {e}");
@@ -147,7 +170,7 @@ fn worker_thread(
     }
     let server = &gateway.config.server;
     let (io, ring, entries) = (server.io, server.ring, server.ring_entries);
-    let worker = Rc::new(Worker::new(id, gateway.clone(), seed));
+    let worker = Rc::new(Worker::new(id, gateway.clone(), seed, workers));
 
     if io != IoDriver::Epoll {
         for mode in ring_modes(ring) {

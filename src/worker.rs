@@ -20,6 +20,7 @@ use bytes::BytesMut;
 
 use crate::gateway::Gateway;
 use crate::http::write::DateCache;
+use crate::limit::Leases;
 use crate::upstream::Pools;
 
 /// Size of a pooled buffer (upstream responses, writes); large enough for almost every
@@ -35,6 +36,8 @@ pub struct Worker {
     pub id: usize,
     pub gateway: Arc<Gateway>,
     pub pools: RefCell<Pools>,
+    /// This worker's leased tokens of every throttle bucket.
+    pub leases: Leases,
     read_buffers: RefCell<Vec<BytesMut>>,
     write_buffers: RefCell<Vec<Vec<u8>>>,
     date: RefCell<DateCache>,
@@ -46,12 +49,14 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(id: usize, gateway: Arc<Gateway>, seed: u64) -> Worker {
+    pub fn new(id: usize, gateway: Arc<Gateway>, seed: u64, workers: usize) -> Worker {
         let pools = Pools::new(&gateway.upstreams);
+        let leases = Leases::new(gateway.buckets.len(), workers as u32);
         Worker {
             id,
             gateway,
             pools: RefCell::new(pools),
+            leases,
             read_buffers: RefCell::default(),
             write_buffers: RefCell::default(),
             date: RefCell::default(),

@@ -22,10 +22,13 @@ pub struct Trailer<'a> {
     pub close: bool,
     /// An HTTP/1.0 client that asked for keep-alive must be told it got it.
     pub keep_alive_10: bool,
+    /// Header lines a stage added (each ending in CRLF), e.g. RateLimit fields.
+    pub extra: &'a [u8],
 }
 
 impl Trailer<'_> {
     pub fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.extra);
         out.extend_from_slice(b"date: ");
         out.extend_from_slice(self.date);
         out.extend_from_slice(b"\r\nx-request-id: ");
@@ -40,7 +43,13 @@ impl Trailer<'_> {
 }
 
 /// An error response with a JSON body, as API Gateway writes them: `{"message":"Not Found"}`.
-pub fn error_response(out: &mut Vec<u8>, status: u16, allow: Option<&[u8]>, t: &Trailer) {
+/// `headers` appends header lines of its own (`Allow`, `Retry-After`), each ending in CRLF.
+pub fn error_response(
+    out: &mut Vec<u8>,
+    status: u16,
+    headers: impl FnOnce(&mut Vec<u8>),
+    t: &Trailer,
+) {
     let reason = reason(status);
     out.extend_from_slice(b"HTTP/1.1 ");
     push_u64(out, u64::from(status));
@@ -49,11 +58,7 @@ pub fn error_response(out: &mut Vec<u8>, status: u16, allow: Option<&[u8]>, t: &
     out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
     push_u64(out, reason.len() as u64 + 14);
     out.extend_from_slice(b"\r\n");
-    if let Some(allow) = allow {
-        out.extend_from_slice(b"allow: ");
-        out.extend_from_slice(allow);
-        out.extend_from_slice(b"\r\n");
-    }
+    headers(out);
     t.write(out);
     out.extend_from_slice(b"{\"message\":\"");
     out.extend_from_slice(reason.as_bytes());
@@ -191,8 +196,9 @@ mod tests {
             request_id: b"r",
             close: true,
             keep_alive_10: false,
+            extra: b"",
         };
-        error_response(&mut out, 404, None, &t);
+        error_response(&mut out, 404, |_| {}, &t);
         let text = String::from_utf8(out).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert_eq!(body, r#"{"message":"Not Found"}"#);

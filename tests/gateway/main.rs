@@ -8,4 +8,5 @@ mod proxying;
 mod routing;
 mod smuggling;
 mod support;
+mod throttling;
 mod upstream_failures;

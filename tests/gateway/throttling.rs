@@ -1,0 +1,306 @@
+//! Throttling: token buckets per route, listener and globally, exact across workers,
+//! answered with 429, Retry-After and the IETF RateLimit fields.
+
+use std::io::{BufReader, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use sfv::{BareItem, ListEntry, Parser};
+
+use crate::support::*;
+
+/// A parsed RateLimit-Policy or RateLimit item: its name and integer parameters.
+fn sf_item(value: &str) -> (String, Vec<(String, i64)>) {
+    let list: sfv::List = Parser::new(value).parse().expect("a structured-field list");
+    assert_eq!(list.len(), 1, "{value}");
+    let ListEntry::Item(item) = &list[0] else {
+        panic!("not an item: {value}")
+    };
+    let BareItem::String(name) = &item.bare_item else {
+        panic!("the policy name is not a string: {value}")
+    };
+    let params = item
+        .params
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                i64::from(v.as_integer().expect("integer")),
+            )
+        })
+        .collect();
+    (name.as_str().to_string(), params)
+}
+
+fn param(params: &[(String, i64)], key: &str) -> i64 {
+    params
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| *v)
+        .unwrap_or_else(|| panic!("no {key}"))
+}
+
+fn gateway(backend: &Backend, extra: &str) -> Weir {
+    Weir::start(&format!(
+        r#"
+[[listener]]
+address = "127.0.0.1:0"
+
+[upstream.backend]
+targets = ["{}"]
+
+{extra}
+"#,
+        backend.addr
+    ))
+}
+
+fn get(
+    stream: &mut std::net::TcpStream,
+    reader: &mut BufReader<std::net::TcpStream>,
+    path: &str,
+) -> RawResponse {
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .unwrap();
+    read_response(reader, false).expect("a response")
+}
+
+#[test]
+fn a_route_admits_its_burst_then_answers_429_with_retry_after_and_ratelimit_fields() {
+    let backend = Backend::start();
+    let weir = gateway(
+        &backend,
+        "[[route]]\npath = \"/limited\"\nupstream = \"backend\"\nthrottle = { rate = 0.1, burst = 3, name = \"per-route\" }\n",
+    );
+    let mut s = connect(weir.addr());
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let statuses: Vec<u16> = (0..6)
+        .map(|_| get(&mut s, &mut reader, "/limited").status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
+    assert_eq!(
+        backend.requests(),
+        3,
+        "a refused request reached the upstream"
+    );
+
+    let r = get(&mut s, &mut reader, "/limited");
+    assert_eq!(r.status, 429);
+    assert_eq!(r.body_text(), r#"{"message":"Too Many Requests"}"#);
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=10).contains(&retry), "retry-after {retry}");
+    let (name, policy) = sf_item(r.header("ratelimit-policy").unwrap());
+    assert_eq!(name, "per-route");
+    assert_eq!(param(&policy, "q"), 3);
+    assert_eq!(param(&policy, "w"), 30);
+    let (name, state) = sf_item(r.header("ratelimit").unwrap());
+    assert_eq!(name, "per-route");
+    assert_eq!(param(&state, "r"), 0);
+    assert!(
+        param(&state, "t") as u64 <= retry,
+        "Retry-After must not point earlier than t"
+    );
+    // The connection stays usable after a 429.
+    assert_eq!(get(&mut s, &mut reader, "/limited").status, 429);
+}
+
+#[test]
+fn many_connections_across_workers_share_one_limit() {
+    let backend = Backend::start();
+    let weir = gateway(
+        &backend,
+        "[[route]]\npath = \"/limited\"\nupstream = \"backend\"\nthrottle = { rate = 0.1, burst = 10 }\n",
+    );
+    let admitted = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..16)
+        .map(|_| {
+            let admitted = admitted.clone();
+            let addr = weir.addr();
+            thread::spawn(move || {
+                let mut s = connect(addr);
+                let mut reader = BufReader::new(s.try_clone().unwrap());
+                for _ in 0..5 {
+                    if get(&mut s, &mut reader, "/limited").status == 200 {
+                        admitted.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(
+        admitted.load(Ordering::SeqCst),
+        10,
+        "80 requests over 2 workers, burst 10"
+    );
+}
+
+#[test]
+fn levels_apply_route_then_listener_then_global() {
+    let backend = Backend::start();
+    let weir = Weir::start(&format!(
+        r#"
+[throttle]
+rate = 0.1
+burst = 6
+
+[[listener]]
+address = "127.0.0.1:0"
+throttle = {{ rate = 0.1, burst = 4, name = "stage" }}
+
+[upstream.backend]
+targets = ["{}"]
+
+[[route]]
+path = "/a"
+upstream = "backend"
+throttle = {{ rate = 0.1, burst = 1 }}
+
+[[route]]
+path = "/b"
+upstream = "backend"
+"#,
+        backend.addr
+    ));
+    let mut s = connect(weir.addr());
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let refused_by = |r: &RawResponse| sf_item(r.header("ratelimit").unwrap()).0;
+
+    assert_eq!(get(&mut s, &mut reader, "/a").status, 200);
+    // /a is out of its own tokens: refused by the route, and the refusals cost the
+    // listener and global buckets nothing.
+    for _ in 0..5 {
+        let r = get(&mut s, &mut reader, "/a");
+        assert_eq!((r.status, refused_by(&r).as_str()), (429, "route"));
+    }
+    // The listener bucket (4) had one token taken by /a: three more, then it refuses.
+    for _ in 0..3 {
+        assert_eq!(get(&mut s, &mut reader, "/b").status, 200);
+    }
+    let r = get(&mut s, &mut reader, "/b");
+    assert_eq!((r.status, refused_by(&r).as_str()), (429, "stage"));
+    assert_eq!(backend.requests(), 4);
+}
+
+#[test]
+fn the_global_bucket_covers_every_listener() {
+    let backend = Backend::start();
+    let weir = Weir::start(&format!(
+        r#"
+[throttle]
+rate = 0.1
+burst = 2
+
+[[listener]]
+name = "public"
+address = "127.0.0.1:0"
+
+[[listener]]
+name = "other"
+address = "127.0.0.1:0"
+
+[upstream.backend]
+targets = ["{}"]
+
+[[route]]
+path = "/{{*rest}}"
+upstream = "backend"
+"#,
+        backend.addr
+    ));
+    let req = b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw(weir.listeners["public"], req).unwrap().status, 200);
+    assert_eq!(raw(weir.listeners["other"], req).unwrap().status, 200);
+    let r = raw(weir.listeners["public"], req).unwrap();
+    assert_eq!(r.status, 429);
+    assert_eq!(sf_item(r.header("ratelimit").unwrap()).0, "global");
+}
+
+#[test]
+fn admitted_responses_carry_ratelimit_fields_when_the_route_asks() {
+    let backend = Backend::start();
+    let weir = gateway(
+        &backend,
+        "[[route]]\npath = \"/h\"\nupstream = \"backend\"\nthrottle = { rate = 0.1, burst = 5, headers = true }\n[[route]]\npath = \"/m\"\nmock = {}\nthrottle = { rate = 0.1, burst = 5, headers = true }\n[[route]]\npath = \"/quiet\"\nupstream = \"backend\"\nthrottle = { rate = 0.1, burst = 5 }\n",
+    );
+    let mut s = connect(weir.addr());
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let remaining: Vec<i64> = (0..3)
+        .map(|_| {
+            let r = get(&mut s, &mut reader, "/h");
+            assert_eq!(r.status, 200);
+            let (_, policy) = sf_item(r.header("ratelimit-policy").unwrap());
+            assert_eq!(param(&policy, "q"), 5);
+            param(&sf_item(r.header("ratelimit").unwrap()).1, "r")
+        })
+        .collect();
+    assert_eq!(remaining, [4, 3, 2]);
+    let mock = get(&mut s, &mut reader, "/m");
+    assert_eq!(param(&sf_item(mock.header("ratelimit").unwrap()).1, "r"), 4);
+    assert_eq!(get(&mut s, &mut reader, "/quiet").header("ratelimit"), None);
+}
+
+/// Demand well above the limit for a few seconds, with the real clock: admitted requests
+/// stay within 2% of burst + rate × elapsed, from one connection and from many.
+#[test]
+fn admitted_requests_follow_burst_plus_rate_times_time() {
+    let backend = Backend::start();
+    let weir = gateway(
+        &backend,
+        "[http]\nkeepalive_requests = 1000000\n[[route]]\npath = \"/r\"\nupstream = \"backend\"\nthrottle = { rate = 200, burst = 20 }\n[[route]]\npath = \"/s\"\nupstream = \"backend\"\nthrottle = { rate = 200, burst = 20 }\n",
+    );
+    for (path, connections) in [("/r", 1), ("/s", 12)] {
+        let admitted = Arc::new(AtomicUsize::new(0));
+        let start = Instant::now();
+        let run_for = Duration::from_secs(3);
+        let threads: Vec<_> = (0..connections)
+            .map(|_| {
+                let admitted = admitted.clone();
+                let addr = weir.addr();
+                thread::spawn(move || {
+                    let mut s = connect(addr);
+                    let mut reader = BufReader::new(s.try_clone().unwrap());
+                    while start.elapsed() < run_for {
+                        if get(&mut s, &mut reader, path).status == 200 {
+                            admitted.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        let expected = 20.0 + 200.0 * elapsed;
+        let got = admitted.load(Ordering::SeqCst) as f64;
+        assert!(
+            (got - expected).abs() <= 0.02 * expected + 2.0,
+            "{connections} connection(s): {got} admitted, expected {expected:.0} over {elapsed:.2} s"
+        );
+    }
+}
+
+#[test]
+fn a_bad_throttle_is_a_config_error() {
+    let bad = TempFile::new(
+        "toml",
+        b"[[listener]]\naddress = \"127.0.0.1:0\"\nthrottle = { rate = 10, headers = true }\n[[route]]\npath = \"/\"\nmock = {}\nthrottle = { rate = 0 }\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["check", "-c", bad.path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains(":3:") && err.contains("`headers` applies to a route"),
+        "{err}"
+    );
+    assert!(err.contains(":7:") && err.contains("rate = 0"), "{err}");
+}
