@@ -32,6 +32,10 @@ pub struct Config {
     pub http: HttpLimits,
     /// The global bucket (API Gateway's account level); off unless configured.
     pub throttle: Option<Throttle>,
+    /// Lower-case name of the header that carries API keys.
+    pub api_key_header: String,
+    pub api_keys: Vec<ApiKey>,
+    pub usage_plans: Vec<UsagePlan>,
     pub listeners: Vec<Listener>,
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
@@ -100,6 +104,28 @@ pub struct Listener {
     pub throttle: Option<Throttle>,
 }
 
+/// An API key. Only its SHA-256 is kept; `id` is what logs and usage reports show.
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    pub id: String,
+    pub sha256: [u8; 32],
+    pub enabled: bool,
+}
+
+/// A usage plan: which keys, on which routes, at what rate.
+#[derive(Debug, Clone)]
+pub struct UsagePlan {
+    pub name: String,
+    /// Indices into `Config::api_keys`.
+    pub keys: Vec<usize>,
+    /// `covers[route]`: the plan applies to that route.
+    pub covers: Vec<bool>,
+    /// Each key's own bucket in this plan (API Gateway's per-client throttle).
+    pub throttle: Option<Throttle>,
+    /// Per-route buckets for each key, by route index (the method-level override).
+    pub route_throttles: Vec<(usize, Throttle)>,
+}
+
 /// A token bucket: `rate` requests per second refill it, `burst` is its size.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Throttle {
@@ -156,6 +182,10 @@ pub struct Route {
     pub throttle: Option<Throttle>,
     /// Send `RateLimit` fields on admitted responses too (always on 429s).
     pub rate_limit_headers: bool,
+    /// Name that usage plans use for this route.
+    pub name: Option<String>,
+    /// Requests need a valid API key (403 otherwise, before any other work).
+    pub api_key_required: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,6 +245,12 @@ struct ConfigFile {
     /// The global bucket: every request on every listener.
     #[serde(default)]
     throttle: Option<Spanned<ThrottleFile>>,
+    #[serde(default)]
+    api_keys: Option<Spanned<ApiKeysFile>>,
+    #[serde(default)]
+    api_key: Vec<Spanned<ApiKeyFile>>,
+    #[serde(default)]
+    usage_plan: Vec<Spanned<UsagePlanFile>>,
     #[serde(default)]
     listener: Vec<Spanned<ListenerFile>>,
     #[serde(default)]
@@ -280,6 +316,53 @@ struct ListenerFile {
     backlog: Option<u32>,
     /// A bucket for every request on this listener (the stage level).
     throttle: Option<Spanned<ThrottleFile>>,
+}
+
+/// `[api_keys]`: where keys come from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiKeysFile {
+    /// Request header carrying the key. Default `x-api-key`.
+    header: Option<String>,
+    /// A file of more `[[api_key]]` entries, relative to this config file.
+    file: Option<Spanned<String>>,
+}
+
+/// `[[api_key]]`: one key, given as its value or as the SHA-256 of its value.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiKeyFile {
+    id: Spanned<String>,
+    value: Option<Spanned<String>>,
+    /// Lower- or upper-case hex SHA-256 of the key, so the file holds no secret.
+    sha256: Option<Spanned<String>>,
+    /// Default true; a disabled key gets 403.
+    enabled: Option<bool>,
+}
+
+/// A keys file: only `[[api_key]]` entries.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysFile {
+    #[serde(default)]
+    api_key: Vec<Spanned<ApiKeyFile>>,
+}
+
+/// `[[usage_plan]]`: keys, the routes they may use, and their throttle.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsagePlanFile {
+    name: Spanned<String>,
+    /// Key ids in this plan.
+    keys: Spanned<Vec<String>>,
+    /// Route names the plan covers. Absent, with `listeners` absent too: every route.
+    routes: Option<Spanned<Vec<String>>>,
+    /// Listeners (stages) whose routes the plan covers.
+    listeners: Option<Spanned<Vec<String>>>,
+    /// Each key's own bucket.
+    throttle: Option<Spanned<ThrottleFile>>,
+    /// Per-route buckets for each key: `{ "search" = { rate = 5, burst = 5 } }`.
+    route_throttle: Option<BTreeMap<String, Spanned<ThrottleFile>>>,
 }
 
 /// `throttle = { rate = 100, burst = 50 }`: a token bucket.
@@ -361,6 +444,10 @@ struct RouteFile {
     max_body: Option<Size>,
     /// A bucket for this route (the method level).
     throttle: Option<Spanned<ThrottleFile>>,
+    /// Name for usage plans (`routes = [...]`).
+    name: Option<Spanned<String>>,
+    /// Require a valid API key: 403 otherwise.
+    api_key_required: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -671,6 +758,14 @@ fn resolve(raw: ConfigFile, ck: &mut Checker) -> Option<Config> {
         }
     }
 
+    let (api_key_header, api_keys) = resolve_api_keys(raw.api_keys, raw.api_key, ck);
+    let usage_plans = raw
+        .usage_plan
+        .into_iter()
+        .filter_map(|p| resolve_usage_plan(p, &api_keys, &listeners, &routes, ck))
+        .collect::<Vec<_>>();
+    check_one_plan_per_key_and_route(&usage_plans, &api_keys, &routes, ck);
+
     // Build each listener's routing table now, so conflicts are reported by `weir check`.
     for (i, _) in listeners.iter().enumerate() {
         if let Err(errs) = crate::router::Router::build(&routes, i) {
@@ -691,6 +786,9 @@ fn resolve(raw: ConfigFile, ck: &mut Checker) -> Option<Config> {
         server,
         http,
         throttle,
+        api_key_header,
+        api_keys,
+        usage_plans,
         listeners,
         upstreams,
         routes,
@@ -1001,6 +1099,7 @@ fn resolve_route(
         .and_then(|t| t.get_ref().headers)
         .unwrap_or(false);
     let throttle = r.throttle.map(|t| resolve_throttle(t, "route", true, ck));
+    let name = r.name.as_ref().map(|n| n.get_ref().clone());
     if !ok {
         return None;
     }
@@ -1014,7 +1113,223 @@ fn resolve_route(
         max_body: r.max_body.map_or(http.max_body, |s| s.0),
         throttle,
         rate_limit_headers,
+        name,
+        api_key_required: r.api_key_required.unwrap_or(false),
     })
+}
+
+fn resolve_api_keys(
+    settings: Option<Spanned<ApiKeysFile>>,
+    inline: Vec<Spanned<ApiKeyFile>>,
+    ck: &mut Checker,
+) -> (String, Vec<ApiKey>) {
+    let mut header = "x-api-key".to_string();
+    let mut keys = Vec::new();
+    for k in inline {
+        resolve_api_key(k, &mut keys, ck);
+    }
+    if let Some(settings) = settings {
+        let settings = settings.into_inner();
+        if let Some(h) = settings.header {
+            if h.is_empty() || !h.bytes().all(is_tchar) {
+                ck.error(0..0, format!("api_keys.header `{h}` is not a header name"));
+            }
+            header = h.to_ascii_lowercase();
+        }
+        if let Some(file) = settings.file {
+            // Relative to the config file; read once, at load.
+            let dir = Path::new(ck.file).parent().unwrap_or(Path::new("."));
+            let path = dir.join(file.get_ref());
+            let shown = path.display().to_string();
+            match std::fs::read_to_string(&path) {
+                Err(e) => ck.error(file.span(), format!("cannot read keys file {shown}: {e}")),
+                Ok(text) => {
+                    let mut kc = Checker {
+                        src: &text,
+                        file: &shown,
+                        errors: Vec::new(),
+                    };
+                    match toml::from_str::<KeysFile>(&text) {
+                        Err(e) => {
+                            kc.error(e.span().unwrap_or(0..0), e.message().trim().to_string())
+                        }
+                        Ok(kf) => {
+                            for k in kf.api_key {
+                                resolve_api_key(k, &mut keys, &mut kc);
+                            }
+                        }
+                    }
+                    ck.errors.append(&mut kc.errors);
+                }
+            }
+        }
+    }
+    (header, keys)
+}
+
+fn resolve_api_key(raw: Spanned<ApiKeyFile>, keys: &mut Vec<ApiKey>, ck: &mut Checker) {
+    let span = raw.span();
+    let k = raw.into_inner();
+    let id = k.id.get_ref().clone();
+    if keys.iter().any(|x| x.id == id) {
+        ck.error(k.id.span(), format!("api key id `{id}` is defined twice"));
+    }
+    let sha256 = match (&k.value, &k.sha256) {
+        (Some(v), None) => {
+            let value = v.get_ref();
+            if value.len() < 20
+                || value.len() > 128
+                || !value.bytes().all(|b| b.is_ascii_alphanumeric())
+            {
+                ck.error(
+                    v.span(),
+                    "an API key value must be 20 to 128 letters and digits (as API Gateway's)",
+                );
+            }
+            crate::auth::sha256(value.as_bytes())
+        }
+        (None, Some(h)) => match parse_hex32(h.get_ref()) {
+            Some(d) => d,
+            None => {
+                ck.error(h.span(), "sha256 must be 64 hex digits");
+                return;
+            }
+        },
+        _ => {
+            ck.error(
+                span,
+                format!("api key `{id}` needs exactly one of `value` and `sha256`"),
+            );
+            return;
+        }
+    };
+    if keys.iter().any(|x| x.sha256 == sha256) {
+        ck.error(
+            span,
+            format!("api key `{id}` has the same value as another key"),
+        );
+    }
+    keys.push(ApiKey {
+        id,
+        sha256,
+        enabled: k.enabled.unwrap_or(true),
+    });
+}
+
+fn parse_hex32(s: &str) -> Option<[u8; 32]> {
+    let bytes = s.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        let hex = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(hex, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn resolve_usage_plan(
+    raw: Spanned<UsagePlanFile>,
+    keys: &[ApiKey],
+    listeners: &[Listener],
+    routes: &[Route],
+    ck: &mut Checker,
+) -> Option<UsagePlan> {
+    let p = raw.into_inner();
+    let name = p.name.get_ref().clone();
+    let mut key_ids = Vec::new();
+    for id in p.keys.get_ref() {
+        match keys.iter().position(|k| &k.id == id) {
+            Some(i) => key_ids.push(i),
+            None => ck.error(
+                p.keys.span(),
+                format!("usage plan `{name}`: no api key has id `{id}`"),
+            ),
+        }
+    }
+    let route_by_name = |n: &str| routes.iter().position(|r| r.name.as_deref() == Some(n));
+    let mut covers = vec![p.routes.is_none() && p.listeners.is_none(); routes.len()];
+    if let Some(names) = &p.routes {
+        for n in names.get_ref() {
+            match route_by_name(n) {
+                Some(i) => covers[i] = true,
+                None => ck.error(
+                    names.span(),
+                    format!("usage plan `{name}`: no route is named `{n}`"),
+                ),
+            }
+        }
+    }
+    if let Some(names) = &p.listeners {
+        for n in names.get_ref() {
+            match listeners.iter().position(|l| &l.name == n) {
+                Some(l) => {
+                    for (i, r) in routes.iter().enumerate() {
+                        if r.listener.is_none_or(|x| x == l) {
+                            covers[i] = true;
+                        }
+                    }
+                }
+                None => ck.error(
+                    names.span(),
+                    format!("usage plan `{name}`: no listener is named `{n}`"),
+                ),
+            }
+        }
+    }
+    let throttle = p.throttle.map(|t| resolve_throttle(t, &name, false, ck));
+    let mut route_throttles = Vec::new();
+    for (route_name, t) in p.route_throttle.unwrap_or_default() {
+        let span = t.span();
+        match route_by_name(&route_name) {
+            Some(i) if covers[i] => {
+                let policy = format!("{name}/{route_name}");
+                route_throttles.push((i, resolve_throttle(t, &policy, false, ck)));
+            }
+            Some(_) => ck.error(
+                span,
+                format!("usage plan `{name}` does not cover route `{route_name}`"),
+            ),
+            None => ck.error(
+                span,
+                format!("usage plan `{name}`: no route is named `{route_name}`"),
+            ),
+        }
+    }
+    Some(UsagePlan {
+        name,
+        keys: key_ids,
+        covers,
+        throttle,
+        route_throttles,
+    })
+}
+
+/// API Gateway's rule: a key is in at most one plan for any route.
+fn check_one_plan_per_key_and_route(
+    plans: &[UsagePlan],
+    keys: &[ApiKey],
+    routes: &[Route],
+    ck: &mut Checker,
+) {
+    for (a, pa) in plans.iter().enumerate() {
+        for pb in &plans[a + 1..] {
+            let shared_route = (0..routes.len()).find(|&r| pa.covers[r] && pb.covers[r]);
+            let shared_key = pa.keys.iter().find(|k| pb.keys.contains(k));
+            if let (Some(r), Some(&k)) = (shared_route, shared_key) {
+                ck.errors.push(ConfigError {
+                    file: ck.file.to_string(),
+                    line: routes[r].line,
+                    column: 1,
+                    message: format!(
+                        "api key `{}` is in usage plans `{}` and `{}`, which both cover this route; a key may be in one plan per route",
+                        keys[k].id, pa.name, pb.name
+                    ),
+                });
+            }
+        }
+    }
 }
 
 fn resolve_throttle(

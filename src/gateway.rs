@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use crate::auth::KeyTable;
 use crate::config::{Config, Integration};
 use crate::http::write::MockResponse;
 use crate::limit::SharedBucket;
@@ -20,8 +21,10 @@ pub struct Gateway {
     /// The rendered response of each mock route, indexed like `config.routes`.
     pub mocks: Vec<Option<MockResponse>>,
     pub upstreams: Vec<Arc<SharedUpstream>>,
-    /// Every token bucket: global, per listener, per route.
+    /// Every token bucket: global, per listener, per route, per key in a usage plan.
     pub buckets: Vec<SharedBucket>,
+    /// API keys and what their usage plans allow.
+    pub keys: KeyTable,
     /// For each listener and route, the buckets a request passes, in order: route,
     /// listener, global (API Gateway's method, stage, account order).
     pub chains: Vec<Vec<Box<[usize]>>>,
@@ -73,12 +76,14 @@ impl Gateway {
                     .collect()
             })
             .collect();
+        let keys = KeyTable::build(&config, &mut buckets);
         Ok(Gateway {
             config,
             routers,
             mocks,
             upstreams,
             buckets,
+            keys,
             chains,
         })
     }

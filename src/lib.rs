@@ -5,11 +5,12 @@
 //! - [`server`]: binds listeners, starts one pinned [`worker`] per core, handles signals;
 //! - [`worker`]: per-core state and accept loops; each connection goes to [`proxy`];
 //! - [`proxy`]: the request path: read a head ([`http`]), route it ([`router`]), run the
-//!   route's stages (throttle: [`limit`]), integrate (mock, or an [`upstream`] with
+//!   route's stages (authorize: [`auth`]; throttle: [`limit`]), integrate (mock, or an [`upstream`] with
 //!   [`rewrite`]n headers), respond.
 //!
 //! [`config`] reads and checks the file once; [`gateway`] compiles it into what workers share.
 
+pub mod auth;
 pub mod config;
 pub mod gateway;
 pub mod http;

@@ -307,8 +307,38 @@ impl Connection {
 
         // Stages run here, in this order, each able to answer on its own:
         // authorize (API keys, JWT) -> throttle (rate, burst, quota) -> cache.
+        let mut key_plan = None;
+        if route.api_key_required {
+            let buf = &self.buf[..];
+            let presented = self
+                .head
+                .headers
+                .iter()
+                .find(|h| h.name.of(buf).eq_ignore_ascii_case(&gateway.keys.header))
+                .map(|h| crate::http::trim(h.value.of(buf)));
+            match gateway.keys.authorize(presented, route_id) {
+                Some(authorized) => key_plan = authorized.plan,
+                None => return self.respond_error(403, None).await,
+            }
+        }
+
+        // The buckets in order: the key's per-route and per-key buckets from its usage
+        // plan, then the route, listener and global buckets.
         self.stage_headers.clear();
-        let chain = &gateway.chains[self.listener][route_id];
+        let mut chain = [0usize; 5];
+        let mut len = 0;
+        if let Some(kp) = key_plan {
+            let per_route = kp.route_buckets.iter().find(|(r, _)| *r == route_id);
+            for b in per_route.map(|&(_, b)| b).into_iter().chain(kp.bucket) {
+                chain[len] = b;
+                len += 1;
+            }
+        }
+        for &b in gateway.chains[self.listener][route_id].iter() {
+            chain[len] = b;
+            len += 1;
+        }
+        let chain = &chain[..len];
         if !chain.is_empty() {
             let now = crate::limit::now_nanos();
             if let Err(refusal) = worker.leases.admit(&gateway.buckets, chain, now) {
@@ -382,6 +412,24 @@ impl Connection {
     }
 
     async fn write_error(&mut self, status: u16, allow: Option<&[u8]>, force_close: bool) -> bool {
+        let allow_header = |out: &mut Vec<u8>| {
+            if let Some(allow) = allow {
+                out.extend_from_slice(b"allow: ");
+                out.extend_from_slice(allow);
+                out.extend_from_slice(b"\r\n");
+            }
+        };
+        self.write_error_with(status, force_close, allow_header)
+            .await
+    }
+
+    /// Writes an error response; `headers` appends its own header lines.
+    async fn write_error_with(
+        &mut self,
+        status: u16,
+        force_close: bool,
+        headers: impl FnOnce(&mut Vec<u8>),
+    ) -> bool {
         let close = force_close || !self.keeps_alive();
         let date = self.worker.date();
         self.ensure_write_buffer();
@@ -393,14 +441,7 @@ impl Connection {
             self.facts.http10,
             b"",
         );
-        let allow_header = |out: &mut Vec<u8>| {
-            if let Some(allow) = allow {
-                out.extend_from_slice(b"allow: ");
-                out.extend_from_slice(allow);
-                out.extend_from_slice(b"\r\n");
-            }
-        };
-        error_response(&mut self.out, status, allow_header, &trailer);
+        error_response(&mut self.out, status, headers, &trailer);
         self.flush_to_client().await.is_ok() && !close
     }
 
@@ -414,25 +455,13 @@ impl Connection {
         if !unread_body {
             self.buf.advance(self.head.len);
         }
-        let close = unread_body || !self.keeps_alive();
-        let date = worker.date();
-        self.ensure_write_buffer();
-        self.out.clear();
-        let trailer = trailer(
-            &self.request_id[..self.request_id_len],
-            &date,
-            close,
-            self.facts.http10,
-            b"",
-        );
         let fields = |out: &mut Vec<u8>| {
             out.extend_from_slice(b"retry-after: ");
             push_u64(out, retry);
             out.extend_from_slice(b"\r\n");
             write_fields(out, bucket, 0, retry);
         };
-        error_response(&mut self.out, 429, fields, &trailer);
-        self.flush_to_client().await.is_ok() && !close
+        self.write_error_with(429, unread_body, fields).await
     }
 
     async fn body_error(&mut self, e: BodyError) -> bool {

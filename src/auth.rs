@@ -1,0 +1,212 @@
+//! Authorization: API keys and the usage plan a key brings to a route (JWT and custom
+//! authorizers will join here).
+//!
+//! Owns: the table from a key's SHA-256 to the key, and from a key and a route to the
+//! plan's buckets. Must not: keep or log key values (only digests are stored; the key's
+//! `id` is what logs and reports may show), or do any I/O on the request path.
+
+use ahash::AHashMap;
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::limit::SharedBucket;
+
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// What a key may do on the routes of one usage plan.
+#[derive(Debug)]
+pub struct KeyPlan {
+    pub plan: usize,
+    /// The key's own bucket in the plan.
+    pub bucket: Option<usize>,
+    /// The key's per-route buckets, by route index.
+    pub route_buckets: Vec<(usize, usize)>,
+}
+
+#[derive(Debug)]
+struct KeyEntry {
+    enabled: bool,
+    plans: Vec<KeyPlan>,
+}
+
+/// Every API key, by digest, with its plans.
+#[derive(Debug, Default)]
+pub struct KeyTable {
+    /// Lower-case header name carrying the key.
+    pub header: Vec<u8>,
+    by_digest: AHashMap<[u8; 32], usize>,
+    keys: Vec<KeyEntry>,
+    /// `covers[plan][route]`.
+    covers: Vec<Vec<bool>>,
+    /// Routes some plan covers: on those a key must belong to a covering plan.
+    planned_routes: Vec<bool>,
+}
+
+/// A key accepted for a route: which key, and its plan there if any.
+#[derive(Debug)]
+pub struct Authorized<'a> {
+    pub key: usize,
+    pub plan: Option<&'a KeyPlan>,
+}
+
+impl KeyTable {
+    /// Builds the table, adding each key's plan buckets to `buckets`.
+    pub fn build(config: &Config, buckets: &mut Vec<SharedBucket>) -> KeyTable {
+        let mut keys: Vec<KeyEntry> = config
+            .api_keys
+            .iter()
+            .map(|k| KeyEntry {
+                enabled: k.enabled,
+                plans: Vec::new(),
+            })
+            .collect();
+        for (p, plan) in config.usage_plans.iter().enumerate() {
+            for &k in &plan.keys {
+                let mut add = |t: &crate::config::Throttle| {
+                    buckets.push(SharedBucket::new(&t.name, t.rate, t.burst));
+                    buckets.len() - 1
+                };
+                let bucket = plan.throttle.as_ref().map(&mut add);
+                let route_buckets = plan
+                    .route_throttles
+                    .iter()
+                    .map(|(route, t)| (*route, add(t)))
+                    .collect();
+                keys[k].plans.push(KeyPlan {
+                    plan: p,
+                    bucket,
+                    route_buckets,
+                });
+            }
+        }
+        let covers: Vec<Vec<bool>> = config
+            .usage_plans
+            .iter()
+            .map(|p| p.covers.clone())
+            .collect();
+        let planned_routes = (0..config.routes.len())
+            .map(|r| covers.iter().any(|c| c[r]))
+            .collect();
+        KeyTable {
+            header: config.api_key_header.as_bytes().to_vec(),
+            by_digest: config
+                .api_keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (k.sha256, i))
+                .collect(),
+            keys,
+            covers,
+            planned_routes,
+        }
+    }
+
+    /// Checks the key a request presents for `route`. `None`: 403 (no key, an unknown or
+    /// disabled key, or a key in no plan that covers the route).
+    pub fn authorize(&self, presented: Option<&[u8]>, route: usize) -> Option<Authorized<'_>> {
+        let presented = presented.filter(|v| !v.is_empty())?;
+        let &key = self.by_digest.get(&sha256(presented))?;
+        let entry = &self.keys[key];
+        if !entry.enabled {
+            return None;
+        }
+        if !self.planned_routes[route] {
+            return Some(Authorized { key, plan: None });
+        }
+        let plan = entry.plans.iter().find(|kp| self.covers[kp.plan][route])?;
+        Some(Authorized {
+            key,
+            plan: Some(plan),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_matches_the_standard_vector() {
+        let d = sha256(b"abc");
+        assert_eq!(
+            d[..4],
+            [0xba, 0x78, 0x16, 0xbf],
+            "SHA-256(\"abc\") starts ba7816bf"
+        );
+    }
+
+    #[test]
+    fn keys_plans_and_routes() {
+        let key_a = "a".repeat(24);
+        let key_b = "b".repeat(24);
+        let src = format!(
+            r#"
+[[listener]]
+address = "127.0.0.1:0"
+
+[[api_key]]
+id = "alice"
+value = "{key_a}"
+
+[[api_key]]
+id = "bob"
+sha256 = "{}"
+
+[[api_key]]
+id = "off"
+value = "{}"
+enabled = false
+
+[[usage_plan]]
+name = "gold"
+keys = ["alice"]
+routes = ["search"]
+throttle = {{ rate = 10 }}
+route_throttle = {{ "search" = {{ rate = 1 }} }}
+
+[[route]]
+name = "search"
+path = "/search"
+mock = {{}}
+api_key_required = true
+
+[[route]]
+path = "/open"
+mock = {{}}
+api_key_required = true
+"#,
+            hex(&sha256(key_b.as_bytes())),
+            "c".repeat(24)
+        );
+        let config = crate::config::parse(&src, "t").unwrap();
+        let mut buckets = Vec::new();
+        let table = KeyTable::build(&config, &mut buckets);
+        assert_eq!(buckets.len(), 2);
+        let alice = table.authorize(Some(key_a.as_bytes()), 0).unwrap();
+        assert_eq!(alice.key, 0);
+        let plan = alice.plan.unwrap();
+        assert_eq!(
+            (plan.bucket, plan.route_buckets.clone()),
+            (Some(0), vec![(0, 1)])
+        );
+        // bob is valid but in no plan covering /search; any valid key may use /open.
+        assert!(table.authorize(Some(key_b.as_bytes()), 0).is_none());
+        assert!(table
+            .authorize(Some(key_b.as_bytes()), 1)
+            .is_some_and(|a| a.plan.is_none()));
+        assert!(
+            table
+                .authorize(Some("c".repeat(24).as_bytes()), 1)
+                .is_none(),
+            "disabled"
+        );
+        assert!(table.authorize(Some(b"nope"), 1).is_none());
+        assert!(table.authorize(None, 1).is_none());
+    }
+
+    fn hex(d: &[u8]) -> String {
+        d.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
