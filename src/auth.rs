@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::limit::SharedBucket;
+use crate::quota::QuotaCounter;
 
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
@@ -23,6 +24,8 @@ pub struct KeyPlan {
     pub bucket: Option<usize>,
     /// The key's per-route buckets, by route index.
     pub route_buckets: Vec<(usize, usize)>,
+    /// The key's quota counter in the plan.
+    pub quota: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -52,8 +55,13 @@ pub struct Authorized<'a> {
 }
 
 impl KeyTable {
-    /// Builds the table, adding each key's plan buckets to `buckets`.
-    pub fn build(config: &Config, buckets: &mut Vec<SharedBucket>) -> KeyTable {
+    /// Builds the table, adding each key's plan buckets to `buckets` and its quota
+    /// counters to `quotas`.
+    pub fn build(
+        config: &Config,
+        buckets: &mut Vec<SharedBucket>,
+        quotas: &mut Vec<QuotaCounter>,
+    ) -> KeyTable {
         let mut keys: Vec<KeyEntry> = config
             .api_keys
             .iter()
@@ -74,10 +82,16 @@ impl KeyTable {
                     .iter()
                     .map(|(route, t)| (*route, add(t)))
                     .collect();
+                let quota = plan.quota.map(|q| {
+                    let id = &config.api_keys[k].id;
+                    quotas.push(QuotaCounter::new(&plan.name, id, q.limit, q.period));
+                    quotas.len() - 1
+                });
                 keys[k].plans.push(KeyPlan {
                     plan: p,
                     bucket,
                     route_buckets,
+                    quota,
                 });
             }
         }
@@ -182,7 +196,7 @@ api_key_required = true
         );
         let config = crate::config::parse(&src, "t").unwrap();
         let mut buckets = Vec::new();
-        let table = KeyTable::build(&config, &mut buckets);
+        let table = KeyTable::build(&config, &mut buckets, &mut Vec::new());
         assert_eq!(buckets.len(), 2);
         let alice = table.authorize(Some(key_a.as_bytes()), 0).unwrap();
         assert_eq!(alice.key, 0);

@@ -36,6 +36,8 @@ pub struct Config {
     pub api_key_header: String,
     pub api_keys: Vec<ApiKey>,
     pub usage_plans: Vec<UsagePlan>,
+    /// Where quota counts are kept (only used when a plan has a quota).
+    pub quota_store: std::path::PathBuf,
     pub listeners: Vec<Listener>,
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
@@ -124,6 +126,14 @@ pub struct UsagePlan {
     pub throttle: Option<Throttle>,
     /// Per-route buckets for each key, by route index (the method-level override).
     pub route_throttles: Vec<(usize, Throttle)>,
+    /// Requests each key may make per period.
+    pub quota: Option<Quota>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Quota {
+    pub limit: u64,
+    pub period: crate::quota::Period,
 }
 
 /// A token bucket: `rate` requests per second refill it, `burst` is its size.
@@ -252,6 +262,8 @@ struct ConfigFile {
     #[serde(default)]
     usage_plan: Vec<Spanned<UsagePlanFile>>,
     #[serde(default)]
+    quotas: Option<Spanned<QuotasFile>>,
+    #[serde(default)]
     listener: Vec<Spanned<ListenerFile>>,
     #[serde(default)]
     upstream: BTreeMap<Spanned<String>, Spanned<UpstreamFile>>,
@@ -348,6 +360,23 @@ struct KeysFile {
     api_key: Vec<Spanned<ApiKeyFile>>,
 }
 
+/// `[quotas]`: where usage-plan quota counts are kept.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuotasFile {
+    /// The redb file, relative to this config file. Default `weir-usage.redb`.
+    store: Option<String>,
+}
+
+/// `quota = { limit = 1000, period = "DAY" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuotaFile {
+    limit: u64,
+    /// `DAY`, `WEEK` or `MONTH`, aligned to UTC.
+    period: String,
+}
+
 /// `[[usage_plan]]`: keys, the routes they may use, and their throttle.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -363,6 +392,8 @@ struct UsagePlanFile {
     throttle: Option<Spanned<ThrottleFile>>,
     /// Per-route buckets for each key: `{ "search" = { rate = 5, burst = 5 } }`.
     route_throttle: Option<BTreeMap<String, Spanned<ThrottleFile>>>,
+    /// Requests per key per period.
+    quota: Option<Spanned<QuotaFile>>,
 }
 
 /// `throttle = { rate = 100, burst = 50 }`: a token bucket.
@@ -765,6 +796,12 @@ fn resolve(raw: ConfigFile, ck: &mut Checker) -> Option<Config> {
         .filter_map(|p| resolve_usage_plan(p, &api_keys, &listeners, &routes, ck))
         .collect::<Vec<_>>();
     check_one_plan_per_key_and_route(&usage_plans, &api_keys, &routes, ck);
+    let config_dir = Path::new(ck.file).parent().unwrap_or(Path::new("."));
+    let quota_store = config_dir.join(
+        raw.quotas
+            .and_then(|q| q.into_inner().store)
+            .unwrap_or_else(|| "weir-usage.redb".into()),
+    );
 
     // Build each listener's routing table now, so conflicts are reported by `weir check`.
     for (i, _) in listeners.iter().enumerate() {
@@ -789,6 +826,7 @@ fn resolve(raw: ConfigFile, ck: &mut Checker) -> Option<Config> {
         api_key_header,
         api_keys,
         usage_plans,
+        quota_store,
         listeners,
         upstreams,
         routes,
@@ -1297,12 +1335,30 @@ fn resolve_usage_plan(
             ),
         }
     }
+    let quota = p.quota.and_then(|q| {
+        let span = q.span();
+        let q = q.into_inner();
+        match crate::quota::Period::parse(&q.period) {
+            Some(period) => Some(Quota {
+                limit: q.limit,
+                period,
+            }),
+            None => {
+                ck.error(
+                    span,
+                    format!("quota period `{}`: use DAY, WEEK or MONTH", q.period),
+                );
+                None
+            }
+        }
+    });
     Some(UsagePlan {
         name,
         keys: key_ids,
         covers,
         throttle,
         route_throttles,
+        quota,
     })
 }
 

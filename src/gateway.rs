@@ -10,6 +10,7 @@ use crate::auth::KeyTable;
 use crate::config::{Config, Integration};
 use crate::http::write::MockResponse;
 use crate::limit::SharedBucket;
+use crate::quota::QuotaCounter;
 use crate::router::Router;
 use crate::upstream::SharedUpstream;
 
@@ -25,6 +26,8 @@ pub struct Gateway {
     pub buckets: Vec<SharedBucket>,
     /// API keys and what their usage plans allow.
     pub keys: KeyTable,
+    /// One quota counter per key per plan with a quota, shared with the store's thread.
+    pub quotas: Arc<[QuotaCounter]>,
     /// For each listener and route, the buckets a request passes, in order: route,
     /// listener, global (API Gateway's method, stage, account order).
     pub chains: Vec<Vec<Box<[usize]>>>,
@@ -76,7 +79,8 @@ impl Gateway {
                     .collect()
             })
             .collect();
-        let keys = KeyTable::build(&config, &mut buckets);
+        let mut quotas = Vec::new();
+        let keys = KeyTable::build(&config, &mut buckets, &mut quotas);
         Ok(Gateway {
             config,
             routers,
@@ -84,6 +88,7 @@ impl Gateway {
             upstreams,
             buckets,
             keys,
+            quotas: quotas.into(),
             chains,
         })
     }

@@ -17,6 +17,7 @@ pub mod http;
 pub mod limit;
 pub mod net;
 pub mod proxy;
+pub mod quota;
 pub mod rewrite;
 pub mod router;
 pub mod server;

@@ -16,6 +16,8 @@ weir: an io_uring, thread-per-core edge proxy and API gateway
 USAGE:
     weir run -c FILE      start the gateway with the config FILE
     weir check -c FILE    check a config and print every error with file:line:column
+    weir usage -c FILE [KEY]
+                          print each API key's quota use in the current period
     weir --version        print the version
     weir --help           print this help
 
@@ -36,6 +38,10 @@ fn main() -> ExitCode {
             println!("{HELP}");
             ExitCode::SUCCESS
         }
+        Some("usage") => match args.get(1..3).map(config_path) {
+            Some(Ok(path)) => usage(path, args.get(3).map(String::as_str)),
+            _ => fail("expected `weir usage -c FILE [KEY]`"),
+        },
         Some(cmd @ ("run" | "check")) => match config_path(&args[1..]) {
             Ok(path) if cmd == "run" => run(path),
             Ok(path) => check(path),
@@ -80,6 +86,54 @@ fn check(path: PathBuf) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn usage(path: PathBuf, only_key: Option<&str>) -> ExitCode {
+    let config = match weir::config::load(&path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(1);
+        }
+    };
+    let store = &config.quota_store;
+    let stored = if store.exists() {
+        match weir::quota::read_all(store) {
+            Ok(rows) => rows,
+            Err(e) => return fail(&format!("cannot read {}: {e}", store.display())),
+        }
+    } else {
+        Vec::new()
+    };
+    let now = weir::quota::wall_clock();
+    println!(
+        "{:<16} {:<24} {:>12} {:>12}  {:<6} resets in",
+        "plan", "key", "used", "limit", "period"
+    );
+    for plan in &config.usage_plans {
+        let Some(quota) = plan.quota else { continue };
+        let current = quota.period.index(now);
+        for &k in &plan.keys {
+            let key = &config.api_keys[k].id;
+            if only_key.is_some_and(|only| only != key) {
+                continue;
+            }
+            let used = stored
+                .iter()
+                .find(|(p, id, period, _)| p == &plan.name && id == key && *period == current)
+                .map_or(0, |r| r.3);
+            println!(
+                "{:<16} {:<24} {:>12} {:>12}  {:<6} {}s",
+                plan.name,
+                key,
+                used,
+                quota.limit,
+                quota.period.name(),
+                quota.period.until_next(now)
+            );
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn run(path: PathBuf) -> ExitCode {

@@ -22,7 +22,7 @@ use monoio::net::TcpStream;
 use monoio::time::{timeout, timeout_at, Instant};
 
 use crate::config::{HttpIntegration, Integration, Route, Upstream};
-use crate::http::write::{error_response, push_u64, Trailer, CONTINUE};
+use crate::http::write::{error_response_saying, push_u64, Trailer, CONTINUE};
 use crate::http::{
     parse_request, parse_response, BodyFraming, ChunkedDecoder, Reject, RequestHead, ResponseHead,
 };
@@ -322,6 +322,17 @@ impl Connection {
             }
         }
 
+        // The key's quota is reserved first and given back if a bucket refuses, so a
+        // refused request costs neither quota nor tokens.
+        let mut reserved_quota = None;
+        if let Some(q) = key_plan.and_then(|kp| kp.quota) {
+            let now = crate::quota::wall_clock();
+            if let Err(wait_secs) = gateway.quotas[q].try_reserve(now) {
+                return self.respond_quota_exhausted(wait_secs).await;
+            }
+            reserved_quota = Some((q, now));
+        }
+
         // The buckets in order: the key's per-route and per-key buckets from its usage
         // plan, then the route, listener and global buckets.
         self.stage_headers.clear();
@@ -342,6 +353,9 @@ impl Connection {
         if !chain.is_empty() {
             let now = crate::limit::now_nanos();
             if let Err(refusal) = worker.leases.admit(&gateway.buckets, chain, now) {
+                if let Some((q, at)) = reserved_quota {
+                    gateway.quotas[q].release(at);
+                }
                 return self.respond_throttled(refusal).await;
             }
             if route.rate_limit_headers {
@@ -430,6 +444,19 @@ impl Connection {
         force_close: bool,
         headers: impl FnOnce(&mut Vec<u8>),
     ) -> bool {
+        let message = crate::http::reason(status);
+        self.write_error_saying(status, message, force_close, headers)
+            .await
+    }
+
+    /// Writes an error response with its own message: `{"message":"<message>"}`.
+    async fn write_error_saying(
+        &mut self,
+        status: u16,
+        message: &str,
+        force_close: bool,
+        headers: impl FnOnce(&mut Vec<u8>),
+    ) -> bool {
         let close = force_close || !self.keeps_alive();
         let date = self.worker.date();
         self.ensure_write_buffer();
@@ -441,8 +468,24 @@ impl Connection {
             self.facts.http10,
             b"",
         );
-        error_response(&mut self.out, status, headers, &trailer);
+        error_response_saying(&mut self.out, status, message, headers, &trailer);
         self.flush_to_client().await.is_ok() && !close
+    }
+
+    /// 429 `{"message":"Limit Exceeded"}` for an exhausted quota, as API Gateway's
+    /// QUOTA_EXCEEDED, with `Retry-After` at the start of the next period.
+    async fn respond_quota_exhausted(&mut self, wait_secs: u64) -> bool {
+        let unread_body = self.head.has_body();
+        if !unread_body {
+            self.buf.advance(self.head.len);
+        }
+        let retry_after = |out: &mut Vec<u8>| {
+            out.extend_from_slice(b"retry-after: ");
+            push_u64(out, wait_secs);
+            out.extend_from_slice(b"\r\n");
+        };
+        self.write_error_saying(429, "Limit Exceeded", unread_body, retry_after)
+            .await
     }
 
     /// 429 from the throttle stage: `Retry-After` in whole seconds until the refusing

@@ -42,6 +42,7 @@ pub struct Running {
     pub cpus: Vec<Option<usize>>,
     shutdown: Arc<AtomicBool>,
     threads: Vec<thread::JoinHandle<()>>,
+    quota_store: Option<crate::quota::Persister>,
 }
 
 impl Running {
@@ -56,10 +57,14 @@ impl Running {
         self.shutdown.clone()
     }
 
-    /// Waits for the workers to exit (after the shutdown flag is set).
+    /// Waits for the workers to exit (after the shutdown flag is set), then writes the
+    /// final quota counts.
     pub fn wait(self) {
         for t in self.threads {
             let _ = t.join();
+        }
+        if let Some(store) = self.quota_store {
+            store.finish();
         }
     }
 }
@@ -91,6 +96,13 @@ pub fn start(config: Config) -> Result<Running, String> {
     }
 
     let gateway = Arc::new(Gateway::new(config)?);
+    let quota_store = if gateway.quotas.is_empty() {
+        None
+    } else {
+        let path = gateway.config.quota_store.clone();
+        crate::quota::load(&path, &gateway.quotas)?;
+        Some(crate::quota::Persister::start(path, gateway.quotas.clone()))
+    };
     let shutdown = Arc::new(AtomicBool::new(false));
     let seed = ahash::RandomState::new().hash_one(std::process::id());
     let (ready_tx, ready_rx) = mpsc::channel::<Result<Driver, String>>();
@@ -135,6 +147,7 @@ pub fn start(config: Config) -> Result<Running, String> {
         cpus: pinned,
         shutdown,
         threads,
+        quota_store,
     })
 }
 

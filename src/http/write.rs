@@ -50,18 +50,30 @@ pub fn error_response(
     headers: impl FnOnce(&mut Vec<u8>),
     t: &Trailer,
 ) {
+    error_response_saying(out, status, reason(status), headers, t);
+}
+
+/// An error response whose message is not the status's reason phrase (API Gateway's
+/// `{"message":"Limit Exceeded"}` for an exhausted quota).
+pub fn error_response_saying(
+    out: &mut Vec<u8>,
+    status: u16,
+    message: &str,
+    headers: impl FnOnce(&mut Vec<u8>),
+    t: &Trailer,
+) {
     let reason = reason(status);
     out.extend_from_slice(b"HTTP/1.1 ");
     push_u64(out, u64::from(status));
     out.push(b' ');
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
-    push_u64(out, reason.len() as u64 + 14);
+    push_u64(out, message.len() as u64 + 14);
     out.extend_from_slice(b"\r\n");
     headers(out);
     t.write(out);
     out.extend_from_slice(b"{\"message\":\"");
-    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(message.as_bytes());
     out.extend_from_slice(b"\"}");
 }
 

@@ -6,6 +6,7 @@ mod epoll;
 mod lifecycle;
 mod limits;
 mod proxying;
+mod quotas;
 mod routing;
 mod smuggling;
 mod support;

@@ -50,10 +50,16 @@ impl Weir {
 
     /// Starts Weir with exactly `config`; Err(stderr) if it exits or never reports ready.
     pub fn start_raw(config: &str) -> Result<Weir, String> {
+        Weir::start_with_env(config, &[])
+    }
+
+    /// Like [`Weir::start_raw`], with extra environment variables for the process.
+    pub fn start_with_env(config: &str, env: &[(&str, String)]) -> Result<Weir, String> {
         let file = TempFile::new("toml", config.as_bytes());
         let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(["run", "-c"])
             .arg(&file.path)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -1,0 +1,425 @@
+//! Usage-plan quotas: requests per API key per DAY, WEEK or MONTH, counted exactly across
+//! workers and kept in an embedded database (redb) so they survive restarts.
+//!
+//! Owns: one counter per (plan, key) ([`QuotaCounter`], one atomic word holding the period
+//! and the count), the UTC period arithmetic, and the persister thread ([`Persister`])
+//! that writes changed counts at least once a second and on shutdown.
+//!
+//! Must not: touch the database on a worker loop. Workers only do atomic operations; all
+//! file I/O happens on the persister's own thread. A crash (`kill -9`) loses at most the
+//! counts of the last second.
+//!
+//! Periods are aligned to UTC: a DAY starts at 00:00 UTC, a WEEK on Monday 00:00 UTC
+//! (ISO 8601 weeks), a MONTH on the 1st at 00:00 UTC.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+/// (plan name, key id) → (period index, count).
+const USAGE: TableDefinition<(&str, &str), (u32, u64)> = TableDefinition::new("usage");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    Day,
+    Week,
+    Month,
+}
+
+impl Period {
+    pub fn parse(s: &str) -> Option<Period> {
+        match s.to_ascii_uppercase().as_str() {
+            "DAY" => Some(Period::Day),
+            "WEEK" => Some(Period::Week),
+            "MONTH" => Some(Period::Month),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Period::Day => "DAY",
+            Period::Week => "WEEK",
+            Period::Month => "MONTH",
+        }
+    }
+
+    /// Which period `unix_secs` falls in: days, Monday-aligned weeks, or months since 1970.
+    pub fn index(self, unix_secs: u64) -> u32 {
+        let days = unix_secs / 86_400;
+        match self {
+            Period::Day => days as u32,
+            // 1970-01-01 was a Thursday: shift by 3 days so weeks start on Monday.
+            Period::Week => ((days + 3) / 7) as u32,
+            Period::Month => {
+                let (y, m, _) = civil_from_days(days as i64);
+                ((y - 1970) * 12 + (m as i64 - 1)) as u32
+            }
+        }
+    }
+
+    /// When period `index` starts, in Unix seconds.
+    pub fn start(self, index: u32) -> u64 {
+        match self {
+            Period::Day => u64::from(index) * 86_400,
+            Period::Week => (u64::from(index) * 7).saturating_sub(3) * 86_400,
+            Period::Month => {
+                let (y, m) = (1970 + i64::from(index) / 12, i64::from(index) % 12 + 1);
+                days_from_civil(y, m as u32, 1) as u64 * 86_400
+            }
+        }
+    }
+
+    /// Seconds from `unix_secs` to the start of the next period.
+    pub fn until_next(self, unix_secs: u64) -> u64 {
+        self.start(self.index(unix_secs) + 1) - unix_secs
+    }
+}
+
+/// Howard Hinnant's civil-from-days: (year, month, day) of a day count since 1970-01-01.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Days since 1970-01-01 of a civil date.
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = i64::from((m + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Wall-clock Unix seconds for quota periods. `WEIR_CLOCK_SKEW_SECS` (read once, may be
+/// negative) shifts it, so tests and operators can check a period boundary without
+/// waiting for midnight.
+pub fn wall_clock() -> u64 {
+    static SKEW: OnceLock<i64> = OnceLock::new();
+    let skew = *SKEW.get_or_init(|| {
+        std::env::var("WEIR_CLOCK_SKEW_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    });
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    now.saturating_add_signed(skew)
+}
+
+const COUNT_BITS: u32 = 40;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+
+fn pack(period: u32, count: u64) -> u64 {
+    u64::from(period) << COUNT_BITS | count.min(COUNT_MASK)
+}
+
+fn unpack(word: u64) -> (u32, u64) {
+    ((word >> COUNT_BITS) as u32, word & COUNT_MASK)
+}
+
+/// One key's quota in one plan, shared by all workers.
+#[derive(Debug)]
+pub struct QuotaCounter {
+    pub plan: String,
+    pub key: String,
+    pub limit: u64,
+    pub period: Period,
+    /// Period index (high 24 bits) and count (low 40 bits).
+    state: AtomicU64,
+}
+
+impl QuotaCounter {
+    pub fn new(plan: &str, key: &str, limit: u64, period: Period) -> QuotaCounter {
+        QuotaCounter {
+            plan: plan.to_string(),
+            key: key.to_string(),
+            limit,
+            period,
+            state: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one request, or refuses with the seconds until the next period.
+    pub fn try_reserve(&self, now_secs: u64) -> Result<(), u64> {
+        let period = self.period.index(now_secs);
+        let mut word = self.state.load(Ordering::Relaxed);
+        loop {
+            let (p, count) = unpack(word);
+            let count = if p == period { count } else { 0 };
+            if count >= self.limit {
+                return Err(self.period.until_next(now_secs).max(1));
+            }
+            match self.state.compare_exchange_weak(
+                word,
+                pack(period, count + 1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(actual) => word = actual,
+            }
+        }
+    }
+
+    /// Gives back a reservation a later stage refused, so a refused request costs no quota.
+    pub fn release(&self, now_secs: u64) {
+        let period = self.period.index(now_secs);
+        let _ = self
+            .state
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |word| {
+                let (p, count) = unpack(word);
+                (p == period && count > 0).then(|| pack(p, count - 1))
+            });
+    }
+
+    /// Requests counted in the period containing `now_secs`.
+    pub fn used(&self, now_secs: u64) -> u64 {
+        let (p, count) = unpack(self.state.load(Ordering::Relaxed));
+        if p == self.period.index(now_secs) {
+            count
+        } else {
+            0
+        }
+    }
+
+    fn snapshot(&self) -> (u32, u64) {
+        unpack(self.state.load(Ordering::Relaxed))
+    }
+
+    /// Restores a stored count (at start-up), keeping whichever is newer.
+    fn restore(&self, period: u32, count: u64) {
+        let _ = self
+            .state
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |word| {
+                let (p, c) = unpack(word);
+                (period > p || (period == p && count > c)).then(|| pack(period, count))
+            });
+    }
+}
+
+/// Loads stored counts into `counters`. A missing store is an empty one.
+pub fn load(path: &Path, counters: &[QuotaCounter]) -> Result<(), String> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let db = redb::ReadOnlyDatabase::open(path)
+        .map_err(|e| format!("cannot open quota store {}: {e}", path.display()))?;
+    let txn = db.begin_read().map_err(|e| e.to_string())?;
+    let table = match txn.open_table(USAGE) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    };
+    for c in counters {
+        if let Some(v) = table
+            .get((c.plan.as_str(), c.key.as_str()))
+            .map_err(|e| e.to_string())?
+        {
+            let (period, count) = v.value();
+            c.restore(period, count);
+        }
+    }
+    Ok(())
+}
+
+/// Writes every counter whose state changed since `last`, in one transaction.
+fn store(path: &Path, counters: &[QuotaCounter], last: &mut [u64]) -> Result<(), String> {
+    let changed: Vec<usize> = (0..counters.len())
+        .filter(|&i| counters[i].state.load(Ordering::Relaxed) != last[i])
+        .collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    // Opened for each write and closed after, so `weir usage` can read in between.
+    let db = redb::Database::create(path).map_err(|e| e.to_string())?;
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    {
+        let mut table = txn.open_table(USAGE).map_err(|e| e.to_string())?;
+        for &i in &changed {
+            let c = &counters[i];
+            let word = c.state.load(Ordering::Relaxed);
+            let (period, count) = unpack(word);
+            table
+                .insert((c.plan.as_str(), c.key.as_str()), (period, count))
+                .map_err(|e| e.to_string())?;
+            last[i] = word;
+        }
+    }
+    txn.commit().map_err(|e| e.to_string())
+}
+
+/// The thread that persists counts once a second and once more at shutdown.
+pub struct Persister {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+/// How often counts are written: at most this much is lost in a crash.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+impl Persister {
+    pub fn start(path: PathBuf, counters: Arc<[QuotaCounter]>) -> Persister {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = thread::Builder::new()
+            .name("weir-quota-store".into())
+            .spawn(move || {
+                let mut last: Vec<u64> = counters
+                    .iter()
+                    .map(|c| pack(c.snapshot().0, c.snapshot().1))
+                    .collect();
+                let mut stopping = false;
+                while !stopping {
+                    // Sleep in short steps so shutdown does not wait a whole second.
+                    for _ in 0..10 {
+                        if flag.load(Ordering::Relaxed) {
+                            stopping = true;
+                            break;
+                        }
+                        thread::sleep(FLUSH_EVERY / 10);
+                    }
+                    if let Err(e) = store(&path, &counters, &mut last) {
+                        eprintln!("weir: cannot write quota store {}: {e}", path.display());
+                    }
+                }
+            })
+            .expect("spawn the quota store thread");
+        Persister {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Writes the final counts and stops.
+    pub fn finish(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads every stored count, for `weir usage`: (plan, key, period index, count). Retries
+/// briefly while a running Weir holds the store for a write.
+pub fn read_all(path: &Path) -> Result<Vec<(String, String, u32, u64)>, String> {
+    let mut last_err = String::new();
+    for _ in 0..50 {
+        match redb::ReadOnlyDatabase::open(path) {
+            Ok(db) => {
+                let txn = db.begin_read().map_err(|e| e.to_string())?;
+                let table = match txn.open_table(USAGE) {
+                    Ok(t) => t,
+                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                    Err(e) => return Err(e.to_string()),
+                };
+                let mut out = Vec::new();
+                for entry in table.iter().map_err(|e| e.to_string())? {
+                    let (k, v) = entry.map_err(|e| e.to_string())?;
+                    let (plan, key) = k.value();
+                    let (period, count) = v.value();
+                    out.push((plan.to_string(), key.to_string(), period, count));
+                }
+                return Ok(out);
+            }
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                last_err = "the store is busy".into();
+                thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(format!("cannot open {}: {e}", path.display())),
+        }
+    }
+    Err(last_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: u64 = 86_400;
+
+    #[test]
+    fn periods_are_aligned_to_utc() {
+        // 2026-11-22 (a Sunday) 13:00 UTC.
+        let t = days_from_civil(2026, 11, 22) as u64 * DAY + 13 * 3600;
+        assert_eq!(civil_from_days((t / DAY) as i64), (2026, 11, 22));
+        assert_eq!(Period::Day.until_next(t), 11 * 3600);
+        // The week began on Monday 2026-11-16 and the next begins on Monday the 23rd.
+        let week = Period::Week.index(t);
+        assert_eq!(
+            Period::Week.start(week),
+            days_from_civil(2026, 11, 16) as u64 * DAY
+        );
+        assert_eq!(Period::Week.until_next(t), 11 * 3600);
+        let month = Period::Month.index(t);
+        assert_eq!(
+            Period::Month.start(month),
+            days_from_civil(2026, 11, 1) as u64 * DAY
+        );
+        assert_eq!(
+            Period::Month.start(month + 1),
+            days_from_civil(2026, 12, 1) as u64 * DAY
+        );
+        // December rolls into the next year.
+        let dec = days_from_civil(2026, 12, 31) as u64 * DAY;
+        assert_eq!(
+            Period::Month.start(Period::Month.index(dec) + 1),
+            days_from_civil(2027, 1, 1) as u64 * DAY
+        );
+    }
+
+    #[test]
+    fn a_quota_is_exhausted_then_rolls_over_at_the_period() {
+        let q = QuotaCounter::new("gold", "acme", 3, Period::Day);
+        let t = 20_000 * DAY + DAY - 10;
+        for _ in 0..3 {
+            assert!(q.try_reserve(t).is_ok());
+        }
+        assert_eq!(q.try_reserve(t), Err(10));
+        assert_eq!(q.used(t), 3);
+        // A release gives one back.
+        q.release(t);
+        assert!(q.try_reserve(t).is_ok());
+        // The next day starts again from zero.
+        assert_eq!(q.used(t + 10), 0);
+        assert!(q.try_reserve(t + 10).is_ok());
+        assert_eq!(q.used(t + 10), 1);
+    }
+
+    #[test]
+    fn counts_survive_a_store_and_load() {
+        let dir = std::env::temp_dir().join(format!("weir-quota-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("usage.redb");
+        let _ = std::fs::remove_file(&path);
+        let t = 20_000 * DAY;
+        let before = [QuotaCounter::new("gold", "acme", 10, Period::Day)];
+        for _ in 0..4 {
+            before[0].try_reserve(t).unwrap();
+        }
+        let mut last = vec![0; 1];
+        store(&path, &before, &mut last).unwrap();
+        let after = [QuotaCounter::new("gold", "acme", 10, Period::Day)];
+        load(&path, &after).unwrap();
+        assert_eq!(after[0].used(t), 4);
+        assert_eq!(
+            read_all(&path).unwrap(),
+            vec![("gold".into(), "acme".into(), 20_000, 4)]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
