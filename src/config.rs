@@ -190,6 +190,8 @@ pub struct Route {
     pub max_body: u64,
     /// The route's bucket (API Gateway's method level).
     pub throttle: Option<Throttle>,
+    /// A bucket per client IP address, and how many addresses the table holds.
+    pub throttle_per_ip: Option<(Throttle, usize)>,
     /// Send `RateLimit` fields on admitted responses too (always on 429s).
     pub rate_limit_headers: bool,
     /// Name that usage plans use for this route.
@@ -408,6 +410,8 @@ struct ThrottleFile {
     name: Option<String>,
     /// Routes only: send RateLimit fields on admitted responses too. Default false.
     headers: Option<bool>,
+    /// `throttle_per_ip` only: addresses the table holds (memory: 8 bytes each). Default 65536.
+    clients: Option<u32>,
 }
 
 /// `[upstream.NAME]`: a group of backend targets.
@@ -475,6 +479,8 @@ struct RouteFile {
     max_body: Option<Size>,
     /// A bucket for this route (the method level).
     throttle: Option<Spanned<ThrottleFile>>,
+    /// A bucket per client IP address on this route.
+    throttle_per_ip: Option<Spanned<ThrottleFile>>,
     /// Name for usage plans (`routes = [...]`).
     name: Option<Spanned<String>>,
     /// Require a valid API key: 403 otherwise.
@@ -1137,6 +1143,13 @@ fn resolve_route(
         .and_then(|t| t.get_ref().headers)
         .unwrap_or(false);
     let throttle = r.throttle.map(|t| resolve_throttle(t, "route", true, ck));
+    let throttle_per_ip = r.throttle_per_ip.map(|t| {
+        let clients = t.get_ref().clients.unwrap_or(65_536) as usize;
+        if !(16..=1 << 24).contains(&clients) {
+            ck.error(t.span(), "clients must be between 16 and 16777216");
+        }
+        (resolve_throttle(t, "client", false, ck), clients)
+    });
     let name = r.name.as_ref().map(|n| n.get_ref().clone());
     if !ok {
         return None;
@@ -1150,6 +1163,7 @@ fn resolve_route(
         integration,
         max_body: r.max_body.map_or(http.max_body, |s| s.0),
         throttle,
+        throttle_per_ip,
         rate_limit_headers,
         name,
         api_key_required: r.api_key_required.unwrap_or(false),
@@ -1411,6 +1425,9 @@ fn resolve_throttle(
     }
     if t.headers.is_some() && !is_route {
         ck.error(span.clone(), "`headers` applies to a route's throttle only");
+    }
+    if t.clients.is_some() && default_name != "client" {
+        ck.error(span.clone(), "`clients` applies to throttle_per_ip only");
     }
     let name = t.name.unwrap_or_else(|| default_name.to_string());
     if name.is_empty()

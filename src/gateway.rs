@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::auth::KeyTable;
 use crate::config::{Config, Integration};
 use crate::http::write::MockResponse;
-use crate::limit::SharedBucket;
+use crate::limit::{PerIpBuckets, SharedBucket};
 use crate::quota::QuotaCounter;
 use crate::router::Router;
 use crate::upstream::SharedUpstream;
@@ -24,6 +24,8 @@ pub struct Gateway {
     pub upstreams: Vec<Arc<SharedUpstream>>,
     /// Every token bucket: global, per listener, per route, per key in a usage plan.
     pub buckets: Vec<SharedBucket>,
+    /// Each route's per-client-IP buckets, if it has them.
+    pub per_ip: Vec<Option<PerIpBuckets>>,
     /// API keys and what their usage plans allow.
     pub keys: KeyTable,
     /// One quota counter per key per plan with a quota, shared with the store's thread.
@@ -79,6 +81,15 @@ impl Gateway {
                     .collect()
             })
             .collect();
+        let per_ip = config
+            .routes
+            .iter()
+            .map(|r| {
+                r.throttle_per_ip
+                    .as_ref()
+                    .map(|(t, clients)| PerIpBuckets::new(&t.name, t.rate, t.burst, *clients))
+            })
+            .collect();
         let mut quotas = Vec::new();
         let keys = KeyTable::build(&config, &mut buckets, &mut quotas);
         Ok(Gateway {
@@ -87,6 +98,7 @@ impl Gateway {
             mocks,
             upstreams,
             buckets,
+            per_ip,
             keys,
             quotas: quotas.into(),
             chains,

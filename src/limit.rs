@@ -306,3 +306,140 @@ mod tests {
         );
     }
 }
+
+/// Per-client-IP buckets for one route: a fixed table shared by all workers, so memory is
+/// bounded whatever the number of addresses.
+///
+/// Each slot is one atomic word: a 20-bit tag of the address and its bucket's theoretical
+/// arrival time in 10 µs units (44 bits: five years of uptime). An address may live in one
+/// of two slots. A new address takes an empty slot, or one whose bucket is full again
+/// (nothing is lost by forgetting it), or else the one nearest to full; an evicted
+/// address starts again with a full bucket, so under an address flood larger than the
+/// table a client can get at most one extra burst. Collisions of the 20-bit tag within
+/// a slot pair are about one in a million.
+#[derive(Debug)]
+pub struct PerIpBuckets {
+    pub bucket: SharedBucket,
+    slots: Box<[AtomicU64]>,
+    /// Per-process random keys, so clients cannot aim at each other's slots.
+    hasher: ahash::RandomState,
+    interval: u64,
+    capacity: u64,
+}
+
+const UNIT_NANOS: u64 = 10_000;
+const TAT_BITS: u32 = 44;
+const TAT_MASK: u64 = (1 << TAT_BITS) - 1;
+
+impl PerIpBuckets {
+    pub fn new(name: &str, rate: f64, burst: u32, clients: usize) -> PerIpBuckets {
+        let bucket = SharedBucket::new(name, rate, burst);
+        let interval = (bucket.interval / UNIT_NANOS).max(1);
+        PerIpBuckets {
+            capacity: interval * u64::from(bucket.burst),
+            interval,
+            bucket,
+            slots: (0..clients.max(2)).map(|_| AtomicU64::new(0)).collect(),
+            hasher: ahash::RandomState::new(),
+        }
+    }
+
+    /// Bytes the table uses.
+    pub fn memory(&self) -> usize {
+        self.slots.len() * std::mem::size_of::<AtomicU64>()
+    }
+
+    fn place(&self, ip: std::net::IpAddr) -> (u64, [usize; 2]) {
+        let h = self.hasher.hash_one(ip);
+        let tag = (h >> TAT_BITS) | 1; // never 0: 0 marks an empty slot
+        let n = self.slots.len() as u64;
+        let a = (h % n) as usize;
+        let b = ((h >> 20) % n) as usize;
+        (tag, [a, if b == a { (a + 1) % n as usize } else { b }])
+    }
+
+    /// Takes a token for `ip`, or returns the nanoseconds until one is available.
+    pub fn admit(&self, ip: std::net::IpAddr, now_nanos: u64) -> Result<(), u64> {
+        let now = now_nanos / UNIT_NANOS;
+        let (tag, slots) = self.place(ip);
+        loop {
+            let words = slots.map(|i| self.slots[i].load(Ordering::Relaxed));
+            let (slot, word, tat) = match (0..2).find(|&k| words[k] >> TAT_BITS == tag) {
+                Some(k) => (slots[k], words[k], words[k] & TAT_MASK),
+                None => {
+                    // Not present: evict the slot nearest to full (an empty or full one first).
+                    let k = if (words[0] & TAT_MASK) <= (words[1] & TAT_MASK) {
+                        0
+                    } else {
+                        1
+                    };
+                    (slots[k], words[k], 0)
+                }
+            };
+            let base = tat.max(now);
+            let next = base + self.interval;
+            if next - now > self.capacity {
+                return Err((next - now - self.capacity) * UNIT_NANOS);
+            }
+            let new = tag << TAT_BITS | (next & TAT_MASK);
+            if self.slots[slot]
+                .compare_exchange(word, new, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Gives back the token `admit` took, when a later level refused the request.
+    pub fn refund(&self, ip: std::net::IpAddr) {
+        let (tag, slots) = self.place(ip);
+        for i in slots {
+            let _ = self.slots[i].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
+                (w >> TAT_BITS == tag)
+                    .then(|| tag << TAT_BITS | ((w & TAT_MASK).saturating_sub(self.interval)))
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod per_ip_tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn ip(n: u32) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n))
+    }
+
+    #[test]
+    fn each_address_has_its_own_bucket() {
+        let t = PerIpBuckets::new("ip", 1.0, 2, 1024);
+        let now = 100 * SEC;
+        assert!(t.admit(ip(1), now).is_ok());
+        assert!(t.admit(ip(1), now).is_ok());
+        assert_eq!(t.admit(ip(1), now), Err(SEC));
+        assert!(t.admit(ip(2), now).is_ok());
+        assert!(t.admit(ip(1), now + SEC).is_ok());
+        t.refund(ip(1));
+        assert!(
+            t.admit(ip(1), now + SEC).is_ok(),
+            "a refunded token is usable again"
+        );
+    }
+
+    #[test]
+    fn a_flood_of_addresses_stays_in_the_table_and_recent_clients_keep_their_limit() {
+        let t = PerIpBuckets::new("ip", 1.0, 1, 256);
+        let now = 100 * SEC;
+        assert_eq!(t.memory(), 256 * 8);
+        for n in 0..100_000 {
+            let _ = t.admit(ip(n), now);
+        }
+        // A client seen just now is still limited.
+        assert!(t.admit(ip(1_000_000), now).is_ok());
+        assert!(t.admit(ip(1_000_000), now).is_err());
+    }
+}

@@ -26,7 +26,7 @@ use crate::http::write::{error_response_saying, push_u64, Trailer, CONTINUE};
 use crate::http::{
     parse_request, parse_response, BodyFraming, ChunkedDecoder, Reject, RequestHead, ResponseHead,
 };
-use crate::limit::{ceil_secs, write_fields, Refusal};
+use crate::limit::{ceil_secs, write_fields, SharedBucket};
 use crate::net::read_more;
 use crate::rewrite::{self, ForwardRequest, ForwardResponse};
 use crate::router::RouteMatch;
@@ -119,6 +119,7 @@ struct Connection {
     worker: Rc<Worker>,
     listener: usize,
     stream: TcpStream,
+    peer_ip: std::net::IpAddr,
     client_ip: [u8; 46],
     client_ip_len: usize,
     /// Client bytes: the current head, then body or pipelined requests.
@@ -152,6 +153,7 @@ impl Connection {
             worker,
             listener,
             stream,
+            peer_ip: peer.ip(),
             client_ip,
             client_ip_len,
             buf,
@@ -322,12 +324,26 @@ impl Connection {
             }
         }
 
-        // The key's quota is reserved first and given back if a bucket refuses, so a
+        // The client's own bucket first; its token is given back if a later level refuses.
+        let per_ip = gateway.per_ip[route_id].as_ref();
+        if let Some(table) = per_ip {
+            if let Err(wait) = table.admit(self.peer_ip, crate::limit::now_nanos()) {
+                return self.respond_throttled(&table.bucket, wait).await;
+            }
+        }
+        let refund_per_ip = |peer: std::net::IpAddr| {
+            if let Some(table) = per_ip {
+                table.refund(peer);
+            }
+        };
+
+        // The key's quota is reserved next and given back if a bucket refuses, so a
         // refused request costs neither quota nor tokens.
         let mut reserved_quota = None;
         if let Some(q) = key_plan.and_then(|kp| kp.quota) {
             let now = crate::quota::wall_clock();
             if let Err(wait_secs) = gateway.quotas[q].try_reserve(now) {
+                refund_per_ip(self.peer_ip);
                 return self.respond_quota_exhausted(wait_secs).await;
             }
             reserved_quota = Some((q, now));
@@ -356,7 +372,9 @@ impl Connection {
                 if let Some((q, at)) = reserved_quota {
                     gateway.quotas[q].release(at);
                 }
-                return self.respond_throttled(refusal).await;
+                refund_per_ip(self.peer_ip);
+                let bucket = &gateway.buckets[refusal.bucket];
+                return self.respond_throttled(bucket, refusal.wait_nanos).await;
             }
             if route.rate_limit_headers {
                 if let Some(st) = worker.leases.standing(&gateway.buckets, chain, now) {
@@ -490,10 +508,8 @@ impl Connection {
 
     /// 429 from the throttle stage: `Retry-After` in whole seconds until the refusing
     /// bucket admits a request (at least 1), and its RateLimit fields.
-    async fn respond_throttled(&mut self, refusal: Refusal) -> bool {
-        let worker = self.worker.clone();
-        let bucket = &worker.gateway.buckets[refusal.bucket];
-        let retry = ceil_secs(refusal.wait_nanos).max(1);
+    async fn respond_throttled(&mut self, bucket: &SharedBucket, wait_nanos: u64) -> bool {
+        let retry = ceil_secs(wait_nanos).max(1);
         let unread_body = self.head.has_body();
         if !unread_body {
             self.buf.advance(self.head.len);

@@ -245,44 +245,74 @@ fn admitted_responses_carry_ratelimit_fields_when_the_route_asks() {
     assert_eq!(get(&mut s, &mut reader, "/quiet").header("ratelimit"), None);
 }
 
-/// Demand well above the limit for a few seconds, with the real clock: admitted requests
-/// stay within 2% of burst + rate × elapsed, from one connection and from many.
+/// Demand well above the limit for three seconds, with the real clock, from
+/// `connections` connections: the admitted requests must stay within 2% of
+/// burst + rate × elapsed.
+fn assert_accurate(weir: &Weir, path: &'static str, connections: usize, rate: f64, burst: f64) {
+    let admitted = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let run_for = Duration::from_secs(3);
+    let threads: Vec<_> = (0..connections)
+        .map(|_| {
+            let admitted = admitted.clone();
+            let addr = weir.addr();
+            thread::spawn(move || {
+                let mut s = connect(addr);
+                let mut reader = BufReader::new(s.try_clone().unwrap());
+                while start.elapsed() < run_for {
+                    if get(&mut s, &mut reader, path).status == 200 {
+                        admitted.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let expected = burst + rate * elapsed;
+    let got = admitted.load(Ordering::SeqCst) as f64;
+    assert!(
+        (got - expected).abs() <= 0.02 * expected + 2.0,
+        "{path} from {connections} connection(s): {got} admitted, expected {expected:.0} over {elapsed:.2} s"
+    );
+}
+
+const MANY_REQUESTS: &str = "[http]\nkeepalive_requests = 1000000\n";
+
 #[test]
-fn admitted_requests_follow_burst_plus_rate_times_time() {
+fn a_route_bucket_admits_burst_plus_rate_times_time() {
     let backend = Backend::start();
     let weir = gateway(
         &backend,
-        "[http]\nkeepalive_requests = 1000000\n[[route]]\npath = \"/r\"\nupstream = \"backend\"\nthrottle = { rate = 200, burst = 20 }\n[[route]]\npath = \"/s\"\nupstream = \"backend\"\nthrottle = { rate = 200, burst = 20 }\n",
+        &format!("{MANY_REQUESTS}[[route]]\npath = \"/r\"\nupstream = \"backend\"\nthrottle = {{ rate = 200, burst = 20 }}\n[[route]]\npath = \"/s\"\nupstream = \"backend\"\nthrottle = {{ rate = 200, burst = 20 }}\n"),
     );
-    for (path, connections) in [("/r", 1), ("/s", 12)] {
-        let admitted = Arc::new(AtomicUsize::new(0));
-        let start = Instant::now();
-        let run_for = Duration::from_secs(3);
-        let threads: Vec<_> = (0..connections)
-            .map(|_| {
-                let admitted = admitted.clone();
-                let addr = weir.addr();
-                thread::spawn(move || {
-                    let mut s = connect(addr);
-                    let mut reader = BufReader::new(s.try_clone().unwrap());
-                    while start.elapsed() < run_for {
-                        if get(&mut s, &mut reader, path).status == 200 {
-                            admitted.fetch_add(1, Ordering::SeqCst);
-                        }
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        let elapsed = start.elapsed().as_secs_f64();
-        let expected = 20.0 + 200.0 * elapsed;
-        let got = admitted.load(Ordering::SeqCst) as f64;
-        assert!(
-            (got - expected).abs() <= 0.02 * expected + 2.0,
-            "{connections} connection(s): {got} admitted, expected {expected:.0} over {elapsed:.2} s"
-        );
+    assert_accurate(&weir, "/r", 1, 200.0, 20.0);
+    assert_accurate(&weir, "/s", 12, 200.0, 20.0);
+}
+
+#[test]
+fn a_listener_bucket_admits_burst_plus_rate_times_time() {
+    for connections in [1, 12] {
+        let backend = Backend::start();
+        let weir = Weir::start(&format!(
+            "{MANY_REQUESTS}[[listener]]\naddress = \"127.0.0.1:0\"\nthrottle = {{ rate = 300, burst = 30 }}\n[upstream.backend]\ntargets = [\"{}\"]\n[[route]]\npath = \"/l\"\nupstream = \"backend\"\n",
+            backend.addr
+        ));
+        assert_accurate(&weir, "/l", connections, 300.0, 30.0);
+    }
+}
+
+#[test]
+fn the_global_bucket_admits_burst_plus_rate_times_time() {
+    for connections in [1, 12] {
+        let backend = Backend::start();
+        let weir = Weir::start(&format!(
+            "{MANY_REQUESTS}[throttle]\nrate = 250\nburst = 50\n[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream.backend]\ntargets = [\"{}\"]\n[[route]]\npath = \"/g\"\nupstream = \"backend\"\n",
+            backend.addr
+        ));
+        assert_accurate(&weir, "/g", connections, 250.0, 50.0);
     }
 }
 
@@ -303,4 +333,66 @@ fn a_bad_throttle_is_a_config_error() {
         "{err}"
     );
     assert!(err.contains(":7:") && err.contains("rate = 0"), "{err}");
+}
+
+/// Sends one request from the source address `from` (any 127.0.0.0/8 address).
+fn from_address(weir: &Weir, from: std::net::Ipv4Addr) -> RawResponse {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket
+        .bind(&std::net::SocketAddr::from((from, 0)).into())
+        .unwrap();
+    socket.connect(&weir.addr().into()).unwrap();
+    let mut s: std::net::TcpStream = socket.into();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.write_all(b"GET /per-ip HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    read_response(&mut BufReader::new(s), false).expect("a response")
+}
+
+#[test]
+fn each_client_address_has_its_own_bucket() {
+    let backend = Backend::start();
+    let weir = gateway(
+        &backend,
+        "[[route]]\npath = \"/per-ip\"\nupstream = \"backend\"\nthrottle_per_ip = { rate = 0.1, burst = 2 }\n",
+    );
+    let a = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    let b = std::net::Ipv4Addr::new(127, 0, 0, 3);
+    assert_eq!(from_address(&weir, a).status, 200);
+    assert_eq!(from_address(&weir, a).status, 200);
+    let r = from_address(&weir, a);
+    assert_eq!(r.status, 429);
+    assert_eq!(sf_item(r.header("ratelimit").unwrap()).0, "client");
+    assert_eq!(
+        from_address(&weir, b).status,
+        200,
+        "another address is not limited"
+    );
+    assert_eq!(from_address(&weir, b).status, 200);
+    assert_eq!(from_address(&weir, b).status, 429);
+}
+
+#[test]
+fn a_flood_of_client_addresses_stays_within_a_fixed_table() {
+    let backend = Backend::start();
+    let weir = gateway(
+        &backend,
+        "[[route]]\npath = \"/per-ip\"\nupstream = \"backend\"\nthrottle_per_ip = { rate = 0.1, burst = 1, clients = 64 }\n",
+    );
+    let before = weir.memory_kib("VmRSS");
+    for n in 0..1000u32 {
+        let addr = std::net::Ipv4Addr::new(127, 1, (n / 250) as u8, (n % 250 + 1) as u8);
+        assert_eq!(
+            from_address(&weir, addr).status,
+            200,
+            "a new address has a full bucket"
+        );
+    }
+    let grown = weir.memory_kib("VmRSS").saturating_sub(before);
+    assert!(grown < 4096, "RSS grew by {grown} KiB over 1000 addresses");
+    // A client seen just now is still limited after the flood.
+    let recent = std::net::Ipv4Addr::new(127, 2, 0, 1);
+    assert_eq!(from_address(&weir, recent).status, 200);
+    assert_eq!(from_address(&weir, recent).status, 429);
 }
