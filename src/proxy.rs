@@ -52,6 +52,9 @@ struct RequestFacts {
     keep_alive: bool,
     idempotent: bool,
     expect_continue: bool,
+    /// The API key the request was authorized with (an index into `Config::api_keys`),
+    /// for later stages and access logs. The key's `id` may be shown; its value never.
+    api_key: Option<usize>,
 }
 
 /// Where the request body stands.
@@ -283,6 +286,7 @@ impl Connection {
             keep_alive: head.keep_alive,
             idempotent: head.is_idempotent(buf),
             expect_continue: head.expect_continue,
+            api_key: None,
         };
         self.sent_continue = false;
         self.new_request_id(true);
@@ -319,7 +323,10 @@ impl Connection {
                 .find(|h| h.name.of(buf).eq_ignore_ascii_case(&gateway.keys.header))
                 .map(|h| crate::http::trim(h.value.of(buf)));
             match gateway.keys.authorize(presented, route_id) {
-                Some(authorized) => key_plan = authorized.plan,
+                Some(authorized) => {
+                    self.facts.api_key = Some(authorized.key);
+                    key_plan = authorized.plan;
+                }
                 None => return self.respond_error(403, None).await,
             }
         }
