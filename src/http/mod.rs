@@ -12,6 +12,9 @@ pub mod request;
 pub mod response;
 pub mod write;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 pub use chunked::{ChunkError, ChunkedDecoder};
 pub use request::{parse_request, Reject, RequestHead};
 pub use response::{parse_response, ResponseHead, UpstreamHeadError};
