@@ -11,6 +11,7 @@
 //! [`config`] reads and checks the file once; [`gateway`] compiles it into what workers share.
 
 pub mod auth;
+pub mod calendar;
 pub mod config;
 pub mod gateway;
 pub mod http;

@@ -154,21 +154,13 @@ pub fn imf_fixdate(secs: u64) -> [u8; 29] {
     ];
     let days = secs / 86400;
     let rem = secs % 86400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's days_from_civil, inverted).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as usize;
-    let year = (yoe + era * 400 + i64::from(month <= 2)) as u32;
+    let (year, month, day) = crate::calendar::civil_from_days(days as i64);
+    let (year, month) = (year as u32, month as usize);
 
     let mut t = [0u8; 29];
     t[..3].copy_from_slice(DAYS[(days % 7) as usize]);
     t[3..5].copy_from_slice(b", ");
-    two(&mut t[5..7], u32::from(day));
+    two(&mut t[5..7], day);
     t[7] = b' ';
     t[8..11].copy_from_slice(MONTHS[month - 1]);
     t[11] = b' ';

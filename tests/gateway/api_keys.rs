@@ -1,7 +1,7 @@
 //! API keys and usage plans: 403 before any other work, keys by value, by SHA-256 and
 //! from a keys file, and each key's own buckets.
 
-use std::io::{BufReader, Write};
+use std::io::BufReader;
 
 use crate::support::*;
 
@@ -102,10 +102,7 @@ fn call(
     let key = key
         .map(|k| format!("X-API-Key: {k}\r\n"))
         .unwrap_or_default();
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n{key}\r\n").as_bytes())
-        .unwrap();
-    read_response(reader, false).expect("a response")
+    get_on(stream, reader, path, &key)
 }
 
 #[test]

@@ -227,11 +227,29 @@ pub struct Seen {
 
 impl Seen {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        find_header(&self.headers, name)
     }
+}
+
+/// Copies parsed headers out of the buffer they borrow.
+fn owned_headers(headers: &[httparse::Header]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_string(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The first value of header `name` (any case).
+pub fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 #[derive(Default)]
@@ -312,22 +330,8 @@ fn serve_backend(stream: TcpStream, state: &BackendState) {
         }
         let method = req.method.unwrap().to_string();
         let target = req.path.unwrap().to_string();
-        let headers: Vec<(String, String)> = req
-            .headers
-            .iter()
-            .map(|h| {
-                (
-                    h.name.to_string(),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                )
-            })
-            .collect();
-        let get = |n: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(n))
-                .map(|(_, v)| v.clone())
-        };
+        let headers = owned_headers(req.headers);
+        let get = |n: &str| find_header(&headers, n).map(str::to_string);
         let keep = target != "/sink-close";
         let (body, body_len) = if get("transfer-encoding").is_some() {
             let b = read_chunked(&mut reader);
@@ -496,10 +500,7 @@ pub struct RawResponse {
 
 impl RawResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        find_header(&self.headers, name)
     }
 
     pub fn body_text(&self) -> String {
@@ -521,22 +522,8 @@ pub fn read_response(reader: &mut impl BufRead, request_was_head: bool) -> Optio
     let mut res = httparse::Response::new(&mut headers);
     res.parse(head.as_bytes()).ok()?;
     let status = res.code?;
-    let headers: Vec<(String, String)> = res
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_string(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
-        .collect();
-    let get = |n: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(n))
-            .map(|(_, v)| v.clone())
-    };
+    let headers = owned_headers(res.headers);
+    let get = |n: &str| find_header(&headers, n).map(str::to_string);
     let body = if request_was_head || status < 200 || status == 204 || status == 304 {
         Vec::new()
     } else if get("transfer-encoding").is_some() {
@@ -556,6 +543,20 @@ pub fn read_response(reader: &mut impl BufRead, request_was_head: bool) -> Optio
         headers,
         body,
     })
+}
+
+/// Sends `GET path` with `extra` header lines (each ending in CRLF) on an open
+/// keep-alive connection and reads the response.
+pub fn get_on(
+    stream: &mut TcpStream,
+    reader: &mut BufReader<TcpStream>,
+    path: &str,
+    extra: &str,
+) -> RawResponse {
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n").as_bytes())
+        .unwrap();
+    read_response(reader, false).expect("a response")
 }
 
 /// Sends raw bytes on a new connection and reads one response.

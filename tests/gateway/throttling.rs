@@ -62,10 +62,7 @@ fn get(
     reader: &mut BufReader<std::net::TcpStream>,
     path: &str,
 ) -> RawResponse {
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .unwrap();
-    read_response(reader, false).expect("a response")
+    get_on(stream, reader, path, "")
 }
 
 #[test]
@@ -292,28 +289,43 @@ fn a_route_bucket_admits_burst_plus_rate_times_time() {
     assert_accurate(&weir, "/s", 12, 200.0, 20.0);
 }
 
-#[test]
-fn a_listener_bucket_admits_burst_plus_rate_times_time() {
+/// Runs [`assert_accurate`] from 1 and from 12 connections, each on a fresh gateway
+/// whose config `config` builds around a backend address.
+fn accurate_from_one_and_many(
+    config: impl Fn(std::net::SocketAddr) -> String,
+    path: &'static str,
+    rate: f64,
+    burst: f64,
+) {
     for connections in [1, 12] {
         let backend = Backend::start();
-        let weir = Weir::start(&format!(
-            "{MANY_REQUESTS}[[listener]]\naddress = \"127.0.0.1:0\"\nthrottle = {{ rate = 300, burst = 30 }}\n[upstream.backend]\ntargets = [\"{}\"]\n[[route]]\npath = \"/l\"\nupstream = \"backend\"\n",
-            backend.addr
-        ));
-        assert_accurate(&weir, "/l", connections, 300.0, 30.0);
+        let weir = Weir::start(&config(backend.addr));
+        assert_accurate(&weir, path, connections, rate, burst);
     }
 }
 
 #[test]
+fn a_listener_bucket_admits_burst_plus_rate_times_time() {
+    accurate_from_one_and_many(
+        |backend| {
+            format!("{MANY_REQUESTS}[[listener]]\naddress = \"127.0.0.1:0\"\nthrottle = {{ rate = 300, burst = 30 }}\n[upstream.backend]\ntargets = [\"{backend}\"]\n[[route]]\npath = \"/l\"\nupstream = \"backend\"\n")
+        },
+        "/l",
+        300.0,
+        30.0,
+    );
+}
+
+#[test]
 fn the_global_bucket_admits_burst_plus_rate_times_time() {
-    for connections in [1, 12] {
-        let backend = Backend::start();
-        let weir = Weir::start(&format!(
-            "{MANY_REQUESTS}[throttle]\nrate = 250\nburst = 50\n[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream.backend]\ntargets = [\"{}\"]\n[[route]]\npath = \"/g\"\nupstream = \"backend\"\n",
-            backend.addr
-        ));
-        assert_accurate(&weir, "/g", connections, 250.0, 50.0);
-    }
+    accurate_from_one_and_many(
+        |backend| {
+            format!("{MANY_REQUESTS}[throttle]\nrate = 250\nburst = 50\n[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream.backend]\ntargets = [\"{backend}\"]\n[[route]]\npath = \"/g\"\nupstream = \"backend\"\n")
+        },
+        "/g",
+        250.0,
+        50.0,
+    );
 }
 
 #[test]
