@@ -196,19 +196,9 @@ fn each_key_has_its_own_buckets_from_its_plan() {
 
 #[test]
 fn a_key_in_two_plans_for_one_route_is_a_config_error() {
-    let bad = TempFile::new(
-        "toml",
-        format!(
-            "[[listener]]\naddress = \"127.0.0.1:0\"\n[[api_key]]\nid = \"k\"\nvalue = \"{GOLD}\"\n[[usage_plan]]\nname = \"a\"\nkeys = [\"k\"]\n[[usage_plan]]\nname = \"b\"\nkeys = [\"k\"]\nroutes = [\"r\"]\n[[route]]\nname = \"r\"\npath = \"/\"\nmock = {{}}\n"
-        )
-        .as_bytes(),
-    );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["check", "-c", bad.path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
+    let err = check_fails(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[[api_key]]\nid = \"k\"\nvalue = \"{GOLD}\"\n[[usage_plan]]\nname = \"a\"\nkeys = [\"k\"]\n[[usage_plan]]\nname = \"b\"\nkeys = [\"k\"]\nroutes = [\"r\"]\n[[route]]\nname = \"r\"\npath = \"/\"\nmock = {{}}\n"
+    ));
     assert!(
         err.contains(":13:") && err.contains("one plan per route"),
         "{err}"

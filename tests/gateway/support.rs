@@ -191,6 +191,19 @@ impl Drop for TempFile {
     }
 }
 
+/// Runs `weir check` on `config`, which must fail: its error output.
+pub fn check_fails(config: &str) -> String {
+    let file = TempFile::new("toml", config.as_bytes());
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["check", "-c"])
+        .arg(&file.path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "weir check accepted it: {err}");
+    err
+}
+
 /// A config with one listener proxying every path to `backend`, plus `extra`.
 pub fn proxy_config(backend: SocketAddr, extra: &str) -> String {
     format!(
