@@ -5,7 +5,7 @@
 //! - [`server`]: binds listeners, starts one pinned [`worker`] per core, handles signals;
 //! - [`worker`]: per-core state and accept loops; each connection goes to [`proxy`];
 //! - [`proxy`]: the request path: read a head ([`http`]), route it ([`router`]), run the
-//!   route's stages (authorize: [`auth`]; throttle: [`limit`]), integrate (mock, or an [`upstream`] with
+//!   route's [`stages`] (authorize: [`auth`]; throttle: [`limit`], [`quota`]), integrate (mock, or an [`upstream`] with
 //!   [`rewrite`]n headers), respond.
 //!
 //! [`config`] reads and checks the file once; [`gateway`] compiles it into what workers share.
@@ -22,5 +22,6 @@ pub mod quota;
 pub mod rewrite;
 pub mod router;
 pub mod server;
+pub mod stages;
 pub mod upstream;
 pub mod worker;

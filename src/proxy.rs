@@ -30,6 +30,7 @@ use crate::limit::{ceil_secs, write_fields, SharedBucket};
 use crate::net::read_more;
 use crate::rewrite::{self, ForwardRequest, ForwardResponse};
 use crate::router::RouteMatch;
+use crate::stages::{Outcome, Verdict};
 use crate::upstream::{self, ConnectError, Tried};
 use crate::worker::Worker;
 
@@ -138,8 +139,8 @@ struct Connection {
     request_id: [u8; 200],
     request_id_len: usize,
     sent_continue: bool,
-    /// Header lines the stages add to this request's response (RateLimit fields).
-    stage_headers: Vec<u8>,
+    /// What the route's stages left for the response (the key, RateLimit fields).
+    stages: Outcome,
 }
 
 impl Connection {
@@ -169,7 +170,7 @@ impl Connection {
             request_id: [0; 200],
             request_id_len: 0,
             sent_continue: false,
-            stage_headers: Vec::new(),
+            stages: Outcome::default(),
         }
     }
 
@@ -311,84 +312,22 @@ impl Connection {
             }
         }
 
-        // Stages run here, in this order, each able to answer on its own:
-        // authorize (API keys, JWT) -> throttle (rate, burst, quota) -> cache.
-        let mut key_plan = None;
-        if route.api_key_required {
-            let buf = &self.buf[..];
-            let presented = self
-                .head
-                .headers
-                .iter()
-                .find(|h| h.name.of(buf).eq_ignore_ascii_case(&gateway.keys.header))
-                .map(|h| crate::http::trim(h.value.of(buf)));
-            match gateway.keys.authorize(presented, route_id) {
-                Some(authorized) => {
-                    self.facts.api_key = Some(authorized.key);
-                    key_plan = authorized.plan;
-                }
-                None => return self.respond_error(403, None).await,
-            }
-        }
-
-        // The client's own bucket first; its token is given back if a later level refuses.
-        let per_ip = gateway.per_ip[route_id].as_ref();
-        if let Some(table) = per_ip {
-            if let Err(wait) = table.admit(self.peer_ip, crate::limit::now_nanos()) {
-                return self.respond_throttled(&table.bucket, wait).await;
-            }
-        }
-        let refund_per_ip = |peer: std::net::IpAddr| {
-            if let Some(table) = per_ip {
-                table.refund(peer);
-            }
+        // The route's stages: authorize, throttle, (cache). See `crate::stages`.
+        let request = crate::stages::Request {
+            buf: &self.buf,
+            head: &self.head,
+            peer: self.peer_ip,
+            listener: self.listener,
+            route: route_id,
         };
-
-        // The key's quota is reserved next and given back if a bucket refuses, so a
-        // refused request costs neither quota nor tokens.
-        let mut reserved_quota = None;
-        if let Some(q) = key_plan.and_then(|kp| kp.quota) {
-            let now = crate::quota::wall_clock();
-            if let Err(wait_secs) = gateway.quotas[q].try_reserve(now) {
-                refund_per_ip(self.peer_ip);
-                return self.respond_quota_exhausted(wait_secs).await;
+        match crate::stages::run(gateway, &worker.leases, &request, &mut self.stages) {
+            Verdict::Proceed => self.facts.api_key = self.stages.api_key,
+            Verdict::Forbidden => return self.respond_error(403, None).await,
+            Verdict::Throttled { bucket, wait_nanos } => {
+                return self.respond_throttled(bucket, wait_nanos).await
             }
-            reserved_quota = Some((q, now));
-        }
-
-        // The buckets in order: the key's per-route and per-key buckets from its usage
-        // plan, then the route, listener and global buckets.
-        self.stage_headers.clear();
-        let mut chain = [0usize; 5];
-        let mut len = 0;
-        if let Some(kp) = key_plan {
-            let per_route = kp.route_buckets.iter().find(|(r, _)| *r == route_id);
-            for b in per_route.map(|&(_, b)| b).into_iter().chain(kp.bucket) {
-                chain[len] = b;
-                len += 1;
-            }
-        }
-        for &b in gateway.chains[self.listener][route_id].iter() {
-            chain[len] = b;
-            len += 1;
-        }
-        let chain = &chain[..len];
-        if !chain.is_empty() {
-            let now = crate::limit::now_nanos();
-            if let Err(refusal) = worker.leases.admit(&gateway.buckets, chain, now) {
-                if let Some((q, at)) = reserved_quota {
-                    gateway.quotas[q].release(at);
-                }
-                refund_per_ip(self.peer_ip);
-                let bucket = &gateway.buckets[refusal.bucket];
-                return self.respond_throttled(bucket, refusal.wait_nanos).await;
-            }
-            if route.rate_limit_headers {
-                if let Some(st) = worker.leases.standing(&gateway.buckets, chain, now) {
-                    let bucket = &gateway.buckets[st.bucket];
-                    let reset = ceil_secs(st.reset_nanos);
-                    write_fields(&mut self.stage_headers, bucket, st.remaining, reset);
-                }
+            Verdict::QuotaExhausted { wait_secs } => {
+                return self.respond_quota_exhausted(wait_secs).await
             }
         }
 
@@ -407,7 +346,7 @@ impl Connection {
                     &date,
                     close,
                     self.facts.http10,
-                    &self.stage_headers,
+                    &self.stages.headers,
                 );
                 mock.write(&mut self.out, self.facts.is_head, &trailer);
                 self.flush_to_client().await.is_ok() && !close
@@ -884,7 +823,7 @@ impl Connection {
                 close,
                 keep_alive_10: self.facts.http10 && !close,
                 chunked: rechunk,
-                extra: &self.stage_headers,
+                extra: &self.stages.headers,
             },
         );
         ubuf.advance(self.response.len);
