@@ -251,7 +251,7 @@ pub struct Persister {
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 impl Persister {
-    pub fn start(path: PathBuf, counters: Arc<[QuotaCounter]>) -> Persister {
+    pub fn start(path: PathBuf, counters: Arc<[QuotaCounter]>) -> Result<Persister, String> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = thread::Builder::new()
@@ -276,11 +276,11 @@ impl Persister {
                     }
                 }
             })
-            .expect("spawn the quota store thread");
-        Persister {
+            .map_err(|e| format!("cannot start the quota store thread: {e}"))?;
+        Ok(Persister {
             stop,
             thread: Some(thread),
-        }
+        })
     }
 
     /// Writes the final counts and stops.

@@ -101,7 +101,10 @@ pub fn start(config: Config) -> Result<Running, String> {
     } else {
         let path = gateway.config.quota_store.clone();
         crate::quota::load(&path, &gateway.quotas)?;
-        Some(crate::quota::Persister::start(path, gateway.quotas.clone()))
+        Some(crate::quota::Persister::start(
+            path,
+            gateway.quotas.clone(),
+        )?)
     };
     let shutdown = Arc::new(AtomicBool::new(false));
     let seed = ahash::RandomState::new().hash_one(std::process::id());

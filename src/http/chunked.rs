@@ -79,6 +79,10 @@ impl ChunkedDecoder {
     /// Scans `input`, returning how many of its bytes belong to the body. Fewer than
     /// `input.len()` only when the body ended inside `input`.
     pub fn scan(&mut self, input: &[u8]) -> Result<usize, ChunkError> {
+        if self.state == State::Done {
+            // The body has ended: nothing more belongs to it.
+            return Ok(0);
+        }
         let mut i = 0;
         while i < input.len() {
             if self.state == State::Data {
@@ -227,6 +231,14 @@ mod tests {
         let (n, data) = whole(body).unwrap();
         assert_eq!(&body[n..], b"GET / HTTP/1.1");
         assert_eq!(data, 11);
+    }
+
+    #[test]
+    fn nothing_more_belongs_to_a_finished_body() {
+        let mut d = ChunkedDecoder::new();
+        assert_eq!(d.scan(b"0\r\n\r\n").unwrap(), 5);
+        assert_eq!(d.scan(b"GET / HTTP/1.1\r\n").unwrap(), 0);
+        assert!(d.is_done());
     }
 
     #[test]
