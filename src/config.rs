@@ -710,6 +710,32 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 }
 
 /// Checks config text; `file` names it in messages.
+///
+/// ```
+/// let config = weir::config::parse(
+///     "[[listener]]\naddress = \"127.0.0.1:8080\"\n\n[[route]]\npath = \"/health\"\nmock = {}\n",
+///     "inline.toml",
+/// )
+/// .unwrap();
+/// assert_eq!(config.listeners[0].address.port(), 8080);
+/// assert_eq!(config.http.max_body, 10 << 20);
+/// ```
+///
+/// Every mistake is reported with its place, all at once:
+///
+/// ```
+/// let errors = weir::config::parse(
+///     "[[listener]]\naddress = \"127.0.0.1\"\n\n[[route]]\npath = \"/a\"\nupstream = \"none\"\n",
+///     "bad.toml",
+/// )
+/// .unwrap_err()
+/// .to_string();
+/// assert_eq!(
+///     errors,
+///     "bad.toml:2:11: `127.0.0.1` needs a port, like `127.0.0.1:8080`\n\
+///      bad.toml:6:12: no [upstream.none] is defined for this route"
+/// );
+/// ```
 pub fn parse(src: &str, file: &str) -> Result<Config, ConfigErrors> {
     let mut ck = Checker {
         src,
