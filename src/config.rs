@@ -104,6 +104,26 @@ pub struct Listener {
     pub backlog: u32,
     /// The listener's bucket (API Gateway's stage level).
     pub throttle: Option<Throttle>,
+    /// TLS termination, if this is an HTTPS listener.
+    pub tls: Option<TlsSettings>,
+}
+
+/// A TLS listener's certificates and protocol settings.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub certificates: Vec<CertificateSettings>,
+    /// Accept TLS 1.2 as well as 1.3.
+    pub tls12: bool,
+    /// Longest a handshake may take before the connection is closed.
+    pub handshake_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct CertificateSettings {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// Lower-case server names (`api.example.com`, `*.example.com`); empty: the default.
+    pub names: Vec<String>,
 }
 
 /// An API key. Only its SHA-256 is kept; `id` is what logs and usage reports show.
@@ -330,6 +350,32 @@ struct ListenerFile {
     backlog: Option<u32>,
     /// A bucket for every request on this listener (the stage level).
     throttle: Option<Spanned<ThrottleFile>>,
+    /// Terminate TLS on this listener.
+    tls: Option<Spanned<TlsFile>>,
+}
+
+/// `tls = { certificates = [...], tls12 = true, handshake_timeout = "10s" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    /// `{ cert = "fullchain.pem", key = "key.pem", names = ["api.example.com"] }`, chosen by
+    /// SNI; one without `names` (or else the first) is the default.
+    certificates: Vec<CertificateFile>,
+    /// Accept TLS 1.2 too. Default true (nginx's `ssl_protocols TLSv1.2 TLSv1.3`).
+    tls12: Option<bool>,
+    /// Default 10s. A client that stalls mid-handshake is closed after it.
+    handshake_timeout: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertificateFile {
+    /// PEM certificate chain, leaf first; relative to the config file.
+    cert: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1; ECDSA, RSA or Ed25519).
+    key: String,
+    /// Server names this certificate answers: exact or `*.suffix` (one label).
+    names: Option<Vec<String>>,
 }
 
 /// `[api_keys]`: where keys come from.
@@ -799,11 +845,13 @@ fn resolve(raw: ConfigFile, ck: &mut Checker) -> Option<Config> {
             );
         }
         let throttle = l.throttle.map(|t| resolve_throttle(t, &name, false, ck));
+        let tls = l.tls.and_then(|t| resolve_tls(t, ck));
         listeners.push(Listener {
             name,
             address,
             backlog: l.backlog.unwrap_or(1024),
             throttle,
+            tls,
         });
     }
 
@@ -1193,6 +1241,52 @@ fn resolve_route(
         rate_limit_headers,
         name,
         api_key_required: r.api_key_required.unwrap_or(false),
+    })
+}
+
+fn resolve_tls(raw: Spanned<TlsFile>, ck: &mut Checker) -> Option<TlsSettings> {
+    let span = raw.span();
+    let t = raw.into_inner();
+    let dir = Path::new(ck.file)
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    if t.certificates.is_empty() {
+        ck.error(span, "a TLS listener needs at least one certificate");
+        return None;
+    }
+    let mut certificates = Vec::new();
+    let mut ok = true;
+    for c in t.certificates {
+        let names: Vec<String> = c
+            .names
+            .unwrap_or_default()
+            .iter()
+            .map(|n| n.to_ascii_lowercase())
+            .collect();
+        for n in &names {
+            let bare = n.strip_prefix("*.").unwrap_or(n);
+            if bare.is_empty() || bare.contains('*') || !bare.bytes().all(is_host_byte) {
+                ck.error(span.clone(), format!("`{n}` is not a server name"));
+                ok = false;
+            }
+        }
+        let settings = CertificateSettings {
+            cert: dir.join(&c.cert),
+            key: dir.join(&c.key),
+            names,
+        };
+        // Loaded now so that `weir check` finds a bad file; loaded again at start.
+        if let Err(msg) = crate::tls::load_certified_key(&settings.cert, &settings.key) {
+            ck.error(span.clone(), msg);
+            ok = false;
+        }
+        certificates.push(settings);
+    }
+    ok.then(|| TlsSettings {
+        certificates,
+        tls12: t.tls12.unwrap_or(true),
+        handshake_timeout: t.handshake_timeout.map_or(Duration::from_secs(10), |d| d.0),
     })
 }
 

@@ -24,6 +24,8 @@ pub struct Gateway {
     pub upstreams: Vec<Arc<SharedUpstream>>,
     /// Every token bucket: global, per listener, per route, per key in a usage plan.
     pub buckets: Vec<SharedBucket>,
+    /// Each listener's TLS configuration and handshake timeout, if it terminates TLS.
+    pub tls: Vec<Option<(Arc<rustls::ServerConfig>, std::time::Duration)>>,
     /// Each route's per-client-IP buckets, if it has them.
     pub per_ip: Vec<Option<PerIpBuckets>>,
     /// API keys and what their usage plans allow.
@@ -81,6 +83,20 @@ impl Gateway {
                     .collect()
             })
             .collect();
+        let tls = config
+            .listeners
+            .iter()
+            .map(|l| {
+                l.tls
+                    .as_ref()
+                    .map(|t| {
+                        let config = crate::tls::server_config(t)
+                            .map_err(|e| format!("listener `{}`: {e}", l.name))?;
+                        Ok::<_, String>((config, t.handshake_timeout))
+                    })
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let per_ip = config
             .routes
             .iter()
@@ -98,6 +114,7 @@ impl Gateway {
             mocks,
             upstreams,
             buckets,
+            tls,
             per_ip,
             keys,
             quotas: quotas.into(),

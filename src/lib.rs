@@ -23,5 +23,6 @@ pub mod rewrite;
 pub mod router;
 pub mod server;
 pub mod stages;
+pub mod tls;
 pub mod upstream;
 pub mod worker;

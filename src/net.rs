@@ -15,8 +15,8 @@ use monoio::net::TcpStream;
 
 /// Reads into the spare capacity of `buf`, after what it already holds, reserving at least
 /// `min_spare` bytes first. Returns the bytes read (0 at end of stream).
-pub async fn read_more(
-    stream: &mut TcpStream,
+pub async fn read_more<S: AsyncReadRent>(
+    stream: &mut S,
     mut buf: BytesMut,
     min_spare: usize,
 ) -> (io::Result<usize>, BytesMut) {

@@ -17,7 +17,7 @@ use std::rc::Rc;
 
 use bytes::{Buf, BytesMut};
 use monoio::buf::IoBuf;
-use monoio::io::AsyncWriteRentExt;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio::time::{timeout, timeout_at, Instant};
 
@@ -37,10 +37,16 @@ use crate::worker::Worker;
 /// Read size for request and response bodies.
 const BODY_CHUNK: usize = 32 * 1024;
 
-/// Serves one client connection until it closes.
-pub async fn serve(worker: Rc<Worker>, listener: usize, stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
-    let mut conn = Connection::new(worker, listener, stream, peer);
+/// Serves one client connection until it closes. `stream` is plain TCP or TLS over TCP
+/// (`proto` says which, for `X-Forwarded-Proto`).
+pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(
+    worker: Rc<Worker>,
+    listener: usize,
+    stream: S,
+    peer: SocketAddr,
+    proto: &'static [u8],
+) {
+    let mut conn = Connection::new(worker, listener, stream, peer, proto);
     conn.run().await;
     conn.release();
 }
@@ -119,10 +125,12 @@ enum HeadRead {
     TimedOut,
 }
 
-struct Connection {
+struct Connection<S> {
     worker: Rc<Worker>,
     listener: usize,
-    stream: TcpStream,
+    /// `http` or `https`.
+    proto: &'static [u8],
+    stream: S,
     peer_ip: std::net::IpAddr,
     client_ip: [u8; 46],
     client_ip_len: usize,
@@ -143,8 +151,14 @@ struct Connection {
     stages: Outcome,
 }
 
-impl Connection {
-    fn new(worker: Rc<Worker>, listener: usize, stream: TcpStream, peer: SocketAddr) -> Self {
+impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
+    fn new(
+        worker: Rc<Worker>,
+        listener: usize,
+        stream: S,
+        peer: SocketAddr,
+        proto: &'static [u8],
+    ) -> Self {
         let mut client_ip = [0u8; 46];
         let client_ip_len = {
             use std::io::Write;
@@ -156,6 +170,7 @@ impl Connection {
         Connection {
             worker,
             listener,
+            proto,
             stream,
             peer_ip: peer.ip(),
             client_ip,
@@ -628,7 +643,7 @@ impl Connection {
                     target_authority: upstream.targets[target].authority.as_bytes(),
                     client_ip: &self.client_ip[..self.client_ip_len],
                     request_id: &self.request_id[..self.request_id_len],
-                    proto: b"http",
+                    proto: self.proto,
                 },
             );
             out.extend_from_slice(&self.buf[self.head.len..self.head.len + buffered]);
@@ -985,7 +1000,7 @@ mod size_guard {
                 crate::config::parse("[[listener]]\naddress = \"127.0.0.1:0\"\n", "t").unwrap();
             let gw = std::sync::Arc::new(crate::gateway::Gateway::new(cfg).unwrap());
             let w = std::rc::Rc::new(crate::worker::Worker::new(0, gw, 1, 1));
-            let fut = super::serve(w, 0, s, "127.0.0.1:1".parse().unwrap());
+            let fut = super::serve(w, 0, s, "127.0.0.1:1".parse().unwrap(), b"http");
             let size = std::mem::size_of_val(&fut);
             assert!(size <= 4096, "the connection future grew to {size} bytes");
         });

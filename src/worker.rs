@@ -192,7 +192,26 @@ async fn accept_loop(worker: Rc<Worker>, index: usize, listener: monoio::net::Tc
             _ = &mut stop => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    monoio::spawn(crate::proxy::serve(worker.clone(), index, stream, peer));
+                    // Heads and bodies are written whole: Nagle would only delay them.
+                    let _ = stream.set_nodelay(true);
+                    match &worker.gateway.tls[index] {
+                        None => {
+                            monoio::spawn(crate::proxy::serve(worker.clone(), index, stream, peer, b"http"));
+                        }
+                        Some((config, handshake_timeout)) => {
+                            let acceptor = monoio_rustls::TlsAcceptor::from(config.clone());
+                            let deadline = *handshake_timeout;
+                            let worker = worker.clone();
+                            monoio::spawn(async move {
+                                let handshake = acceptor.accept(stream);
+                                // A failed or stalled handshake (plain HTTP on this port, an
+                                // unknown protocol version, silence) just closes the connection.
+                                if let Ok(Ok(tls)) = monoio::time::timeout(deadline, handshake).await {
+                                    crate::proxy::serve(worker, index, tls, peer, b"https").await;
+                                }
+                            });
+                        }
+                    }
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning on the error.

@@ -11,4 +11,5 @@ mod routing;
 mod smuggling;
 mod support;
 mod throttling;
+mod tls;
 mod upstream_failures;

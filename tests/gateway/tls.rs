@@ -1,0 +1,260 @@
+//! TLS termination: certificates chosen by SNI, TLS 1.2 that can be turned off, sessions
+//! that resume on any worker, and hostile or silent clients that harm no one. The client
+//! is rustls with a real certificate check against a CA made by the test.
+
+use std::io::{BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, HandshakeKind, StreamOwned};
+
+use crate::support::*;
+
+/// A CA and three certificates issued by it, written to PEM files.
+struct Pki {
+    ca: CertificateDer<'static>,
+    /// (cert file, key file, certificate) for api.example.com, *.example.com, the default.
+    certs: Vec<(TempFile, TempFile, CertificateDer<'static>)>,
+}
+
+fn pki() -> Pki {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let certs = [
+        vec!["api.example.com"],
+        vec!["*.example.com"],
+        vec!["default.test", "deep.sub.example.com", "127.0.0.1"],
+    ]
+    .into_iter()
+    .map(|names| {
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.into_iter().map(String::from).collect();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        (
+            TempFile::new("pem", cert.pem().as_bytes()),
+            TempFile::new("pem", key.serialize_pem().as_bytes()),
+            cert.der().clone(),
+        )
+    })
+    .collect();
+    Pki {
+        ca: ca.der().clone(),
+        certs,
+    }
+}
+
+fn tls_config(pki: &Pki, extra: &str) -> String {
+    let c = &pki.certs;
+    format!(
+        r#"tls = {{ certificates = [
+    {{ cert = "{}", key = "{}", names = ["api.example.com"] }},
+    {{ cert = "{}", key = "{}", names = ["*.example.com"] }},
+    {{ cert = "{}", key = "{}" }},
+], {extra} }}"#,
+        c[0].0.path.display(),
+        c[0].1.path.display(),
+        c[1].0.path.display(),
+        c[1].1.path.display(),
+        c[2].0.path.display(),
+        c[2].1.path.display(),
+    )
+}
+
+fn start(pki: &Pki, backend: &Backend, extra: &str) -> Weir {
+    Weir::start(&format!(
+        r#"
+[[listener]]
+address = "127.0.0.1:0"
+{}
+
+[upstream.backend]
+targets = ["{}"]
+
+[[route]]
+path = "/{{*rest}}"
+upstream = "backend"
+"#,
+        tls_config(pki, extra),
+        backend.addr
+    ))
+}
+
+fn client(pki: &Pki, versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+struct TlsExchange {
+    response: RawResponse,
+    certificate: CertificateDer<'static>,
+    kind: Option<HandshakeKind>,
+    alpn: Option<Vec<u8>>,
+}
+
+/// One HTTPS request with SNI `name`; Err if the handshake or request fails.
+fn https_get(
+    addr: SocketAddr,
+    config: &Arc<ClientConfig>,
+    name: &str,
+    path: &str,
+) -> Result<TlsExchange, String> {
+    let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    let server_name = ServerName::try_from(name.to_string()).unwrap();
+    let conn = ClientConnection::new(config.clone(), server_name).map_err(|e| e.to_string())?;
+    let mut tls = StreamOwned::new(conn, tcp);
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut reader = BufReader::new(tls);
+    let response = read_response(&mut reader, false).ok_or("no response")?;
+    let tls = reader.get_ref();
+    Ok(TlsExchange {
+        response,
+        certificate: tls.conn.peer_certificates().unwrap()[0].clone(),
+        kind: tls.conn.handshake_kind(),
+        alpn: tls.conn.alpn_protocol().map(<[u8]>::to_vec),
+    })
+}
+
+#[test]
+fn sni_chooses_the_exact_name_then_a_one_label_wildcard_then_the_default() {
+    let pki = pki();
+    let backend = Backend::start();
+    let weir = start(&pki, &backend, "");
+    let config = client(&pki, &[&rustls::version::TLS13]);
+    let served = |name: &str| {
+        https_get(weir.addr(), &config, name, "/sni")
+            .unwrap()
+            .certificate
+    };
+    assert_eq!(served("api.example.com"), pki.certs[0].2);
+    assert_eq!(served("eu.example.com"), pki.certs[1].2);
+    assert_eq!(
+        served("deep.sub.example.com"),
+        pki.certs[2].2,
+        "a wildcard covers one label"
+    );
+    assert_eq!(served("default.test"), pki.certs[2].2);
+}
+
+#[test]
+fn https_requests_are_proxied_with_forwarded_proto_https_over_http11() {
+    let pki = pki();
+    let backend = Backend::start();
+    let weir = start(&pki, &backend, "");
+    let config = client(&pki, &[&rustls::version::TLS13, &rustls::version::TLS12]);
+    let x = https_get(weir.addr(), &config, "api.example.com", "/over-tls").unwrap();
+    assert_eq!(x.response.status, 200);
+    assert_eq!(x.response.body_text(), "/over-tls");
+    assert_eq!(x.alpn.as_deref(), Some(&b"http/1.1"[..]));
+    assert_eq!(backend.last().header("x-forwarded-proto"), Some("https"));
+    assert_eq!(
+        backend.last().header("x-forwarded-host"),
+        Some("api.example.com")
+    );
+}
+
+#[test]
+fn tls12_is_accepted_unless_turned_off() {
+    let pki = pki();
+    let backend = Backend::start();
+    let tls12_only = client(&pki, &[&rustls::version::TLS12]);
+    let weir = start(&pki, &backend, "");
+    assert_eq!(
+        https_get(weir.addr(), &tls12_only, "api.example.com", "/12")
+            .unwrap()
+            .response
+            .status,
+        200
+    );
+    let strict = start(&pki, &backend, "tls12 = false");
+    assert!(https_get(strict.addr(), &tls12_only, "api.example.com", "/12").is_err());
+    let tls13 = client(&pki, &[&rustls::version::TLS13]);
+    assert!(https_get(strict.addr(), &tls13, "api.example.com", "/13").is_ok());
+}
+
+/// SO_REUSEPORT spreads connections over the two workers by their source port, so a run
+/// of resumptions lands on both; each one resumes, whichever worker issued the ticket.
+#[test]
+fn sessions_resume_on_any_worker() {
+    let pki = pki();
+    let backend = Backend::start();
+    let weir = start(&pki, &backend, "");
+    let config = client(&pki, &[&rustls::version::TLS13]);
+    let first = https_get(weir.addr(), &config, "api.example.com", "/first").unwrap();
+    assert_eq!(first.kind, Some(HandshakeKind::Full));
+    for i in 0..12 {
+        let again = https_get(weir.addr(), &config, "api.example.com", "/again").unwrap();
+        assert_eq!(again.kind, Some(HandshakeKind::Resumed), "connection {i}");
+        assert_eq!(again.response.status, 200);
+    }
+}
+
+#[test]
+fn plain_http_on_a_tls_port_is_closed_and_harms_no_one() {
+    let pki = pki();
+    let backend = Backend::start();
+    let weir = start(&pki, &backend, "");
+    let mut s = connect(weir.addr());
+    s.write_all(b"GET / HTTP/1.1\r\nHost: api.example.com\r\n\r\n")
+        .unwrap();
+    // The answer is a TLS alert record (content type 21), then the end of the connection.
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut answer);
+    assert!(answer.is_empty() || answer[0] == 0x15, "{answer:?}");
+    assert_eq!(backend.requests(), 0);
+    let config = client(&pki, &[&rustls::version::TLS13]);
+    assert_eq!(
+        https_get(weir.addr(), &config, "api.example.com", "/ok")
+            .unwrap()
+            .response
+            .status,
+        200
+    );
+}
+
+#[test]
+fn a_stalled_handshake_is_closed_after_its_timeout() {
+    let pki = pki();
+    let backend = Backend::start();
+    let weir = start(&pki, &backend, "handshake_timeout = \"300ms\"");
+    let mut silent = connect(weir.addr());
+    let config = client(&pki, &[&rustls::version::TLS13]);
+    assert_eq!(
+        https_get(weir.addr(), &config, "api.example.com", "/meanwhile")
+            .unwrap()
+            .response
+            .status,
+        200
+    );
+    assert!(closes(&mut silent), "a silent client is closed");
+}
+
+#[test]
+fn check_names_a_missing_certificate_file() {
+    let err = check_fails(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\ntls = { certificates = [{ cert = \"/nonexistent/cert.pem\", key = \"/nonexistent/key.pem\" }] }\n",
+    );
+    assert!(
+        err.contains(":3:") && err.contains("cannot read /nonexistent/cert.pem"),
+        "{err}"
+    );
+}
