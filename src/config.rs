@@ -106,6 +106,8 @@ pub struct Listener {
     pub throttle: Option<Throttle>,
     /// TLS termination, if this is an HTTPS listener.
     pub tls: Option<TlsSettings>,
+    /// Answer every request with a redirect to HTTPS on this port.
+    pub redirect_https: Option<u16>,
 }
 
 /// A TLS listener's certificates and protocol settings.
@@ -352,6 +354,8 @@ struct ListenerFile {
     throttle: Option<Spanned<ThrottleFile>>,
     /// Terminate TLS on this listener.
     tls: Option<Spanned<TlsFile>>,
+    /// Redirect every request to `https://` on this port (nginx's `return 301 https://…`).
+    redirect_https: Option<Spanned<u16>>,
 }
 
 /// `tls = { certificates = [...], tls12 = true, handshake_timeout = "10s" }`.
@@ -845,13 +849,21 @@ fn resolve(raw: ConfigFile, ck: &mut Checker) -> Option<Config> {
             );
         }
         let throttle = l.throttle.map(|t| resolve_throttle(t, &name, false, ck));
+        let tls_span = l.tls.as_ref().map(|t| t.span());
         let tls = l.tls.and_then(|t| resolve_tls(t, ck));
+        if let (Some(port), Some(_)) = (&l.redirect_https, tls_span) {
+            ck.error(
+                port.span(),
+                "a TLS listener cannot redirect to HTTPS: it is HTTPS",
+            );
+        }
         listeners.push(Listener {
             name,
             address,
             backlog: l.backlog.unwrap_or(1024),
             throttle,
             tls,
+            redirect_https: l.redirect_https.map(|p| p.into_inner()),
         });
     }
 

@@ -306,6 +306,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         };
         self.sent_continue = false;
         self.new_request_id(true);
+        if let Some(port) = gateway.config.listeners[self.listener].redirect_https {
+            return self.respond_https_redirect(port).await;
+        }
 
         let buf = &self.buf[..];
         let found = gateway.routers[self.listener].lookup(
@@ -465,6 +468,50 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         };
         self.write_error_saying(429, "Limit Exceeded", unread_body, retry_after)
             .await
+    }
+
+    /// The listener redirects everything to HTTPS: 301 for GET and HEAD, 308 for other
+    /// methods (which keeps the method and body), to `https://<host>[:port]<target>`. The
+    /// host and target were validated by the parser, so they cannot inject a header.
+    async fn respond_https_redirect(&mut self, port: u16) -> bool {
+        let buf = &self.buf[..];
+        let host = self.head.host.of(buf);
+        if host.is_empty() {
+            return self.respond_error(400, None).await;
+        }
+        let name = match host.iter().rposition(|&b| b == b':') {
+            Some(i) if !host.ends_with(b"]") => &host[..i],
+            _ => host,
+        };
+        let status = match self.head.method.of(buf) {
+            b"GET" | b"HEAD" => 301,
+            _ => 308,
+        };
+        // The connection's stage-header buffer serves as scratch: no allocation.
+        let mut location = std::mem::take(&mut self.stages.headers);
+        location.clear();
+        location.extend_from_slice(b"location: https://");
+        location.extend_from_slice(name);
+        if port != 443 {
+            location.push(b':');
+            push_u64(&mut location, u64::from(port));
+        }
+        if self.head.absolute_form {
+            location.extend_from_slice(self.head.path(buf));
+            location.extend_from_slice(self.head.query.of(buf));
+        } else {
+            location.extend_from_slice(self.head.target.of(buf));
+        }
+        location.extend_from_slice(b"\r\n");
+        let unread_body = self.head.has_body();
+        if !unread_body {
+            self.buf.advance(self.head.len);
+        }
+        let keep = self
+            .write_error_with(status, unread_body, |out| out.extend_from_slice(&location))
+            .await;
+        self.stages.headers = location;
+        keep
     }
 
     /// 429 from the throttle stage: `Retry-After` in whole seconds until the refusing

@@ -258,3 +258,27 @@ fn check_names_a_missing_certificate_file() {
         "{err}"
     );
 }
+
+#[test]
+fn a_plain_listener_can_redirect_every_request_to_https() {
+    let weir = Weir::start(
+        "[[listener]]\nname = \"public\"\naddress = \"127.0.0.1:0\"\nredirect_https = 8443\n[[listener]]\nname = \"std\"\naddress = \"127.0.0.1:0\"\nredirect_https = 443\n[[route]]\npath = \"/{*p}\"\nmock = {}\n",
+    );
+    let mut s = connect(weir.listeners["public"]);
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let r = get_on(&mut s, &mut reader, "/a/b?c=1", "");
+    assert_eq!(r.status, 301);
+    assert_eq!(r.header("location"), Some("https://x:8443/a/b?c=1"));
+    // The connection stays open for the next request.
+    s.write_all(b"POST /form HTTP/1.1\r\nHost: shop.example:8080\r\nContent-Length: 0\r\n\r\n")
+        .unwrap();
+    let r = read_response(&mut reader, false).unwrap();
+    assert_eq!(r.status, 308, "other methods keep their method and body");
+    assert_eq!(r.header("location"), Some("https://shop.example:8443/form"));
+    let r = raw(
+        weir.listeners["std"],
+        b"GET /x HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.header("location"), Some("https://shop.example/x"));
+}
