@@ -24,8 +24,8 @@ pub struct Gateway {
     pub upstreams: Vec<Arc<SharedUpstream>>,
     /// Every token bucket: global, per listener, per route, per key in a usage plan.
     pub buckets: Vec<SharedBucket>,
-    /// Each listener's TLS configuration and handshake timeout, if it terminates TLS.
-    pub tls: Vec<Option<(Arc<rustls::ServerConfig>, std::time::Duration)>>,
+    /// Each listener's TLS, if it terminates TLS.
+    pub tls: Vec<Option<crate::tls::Tls>>,
     /// Each route's per-client-IP buckets, if it has them.
     pub per_ip: Vec<Option<PerIpBuckets>>,
     /// API keys and what their usage plans allow.
@@ -38,6 +38,23 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// Re-reads every TLS listener's certificates: one line per listener saying what
+    /// happened. A listener whose new files do not load keeps its certificates.
+    pub fn reload_certificates(&self) -> Vec<String> {
+        self.config
+            .listeners
+            .iter()
+            .zip(&self.tls)
+            .filter_map(|(l, tls)| {
+                let tls = tls.as_ref()?;
+                Some(match tls.reload() {
+                    Ok(()) => format!("listener `{}`: certificates reloaded", l.name),
+                    Err(e) => format!("listener `{}`: kept the old certificates: {e}", l.name),
+                })
+            })
+            .collect()
+    }
+
     pub fn new(config: Config) -> Result<Gateway, String> {
         let routers = (0..config.listeners.len())
             .map(|i| {
@@ -90,9 +107,7 @@ impl Gateway {
                 l.tls
                     .as_ref()
                     .map(|t| {
-                        let config = crate::tls::server_config(t)
-                            .map_err(|e| format!("listener `{}`: {e}", l.name))?;
-                        Ok::<_, String>((config, t.handshake_timeout))
+                        crate::tls::Tls::new(t).map_err(|e| format!("listener `{}`: {e}", l.name))
                     })
                     .transpose()
             })

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 #[global_allocator]
@@ -24,6 +24,7 @@ USAGE:
 SIGNALS:
     SIGTERM, SIGINT       stop accepting, let in-flight requests finish (up to
                           [server] drain_timeout), then exit 0; a second signal exits now
+    SIGHUP                re-read TLS certificates and keys; on an error keep the old ones
 
 The config format is described in docs/config.md.";
 
@@ -146,7 +147,7 @@ fn run(path: PathBuf) -> ExitCode {
     };
     let drain = config.server.drain_timeout;
     // Registered before the workers start, so an early signal is never fatal.
-    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => return fail(&format!("cannot handle signals: {e}")),
     };
@@ -170,7 +171,14 @@ fn run(path: PathBuf) -> ExitCode {
         cpus.join(", ")
     );
 
-    let first = signals.forever().next();
+    let first = signals.forever().find(|&sig| {
+        if sig == SIGHUP {
+            for line in running.reload_certificates() {
+                eprintln!("weir: SIGHUP: {line}");
+            }
+        }
+        sig != SIGHUP
+    });
     eprintln!(
         "weir: {}: draining (up to {:?})",
         if first == Some(SIGINT) {
@@ -182,7 +190,7 @@ fn run(path: PathBuf) -> ExitCode {
     );
     running.shutdown_flag().store(true, Ordering::Relaxed);
     std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
+        if signals.forever().any(|sig| sig != SIGHUP) {
             eprintln!("weir: second signal: exiting now");
             std::process::exit(1);
         }

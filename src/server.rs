@@ -43,6 +43,7 @@ pub struct Running {
     shutdown: Arc<AtomicBool>,
     threads: Vec<thread::JoinHandle<()>>,
     quota_store: Option<crate::quota::Persister>,
+    gateway: Arc<Gateway>,
 }
 
 impl Running {
@@ -50,6 +51,11 @@ impl Running {
     pub fn shutdown(self) {
         self.shutdown.store(true, Ordering::Relaxed);
         self.wait();
+    }
+
+    /// Re-reads TLS certificates (on SIGHUP); a line per TLS listener.
+    pub fn reload_certificates(&self) -> Vec<String> {
+        self.gateway.reload_certificates()
     }
 
     /// Handle that starts a drain when set (for signal handlers).
@@ -151,6 +157,7 @@ pub fn start(config: Config) -> Result<Running, String> {
         shutdown,
         threads,
         quota_store,
+        gateway,
     })
 }
 

@@ -7,12 +7,18 @@
 //! tickets. Because the same `ServerConfig` (and so the same rotating ticket keys) serves
 //! every worker, a client resumes its session on whichever core SO_REUSEPORT picks.
 //!
-//! Must not: do the handshake's I/O itself (monoio-rustls drives it on the worker), or
-//! accept a configuration it could not fully load.
+//! Certificates can be reloaded without a restart ([`Tls::reload`], on SIGHUP): the new
+//! files are read on the caller's thread and swapped in atomically only if all of them
+//! load; new handshakes use them, existing connections carry on.
+//!
+//! Must not: do the handshake's I/O itself (monoio-rustls drives it on the worker), take
+//! a lock on the handshake path, or accept a configuration it could not fully load.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use rustls::crypto::ring::sign::any_supported_type;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -52,14 +58,45 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, Strin
 /// Chooses a certificate by SNI: exact name, then a wildcard covering one label, then the
 /// default (the first certificate without `names`, or else the first).
 #[derive(Debug)]
-struct SniResolver {
+struct CertTable {
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// (suffix with its leading dot, key): `*.example.com` is stored as `.example.com`.
     wildcard: Vec<(String, Arc<CertifiedKey>)>,
     default: Arc<CertifiedKey>,
 }
 
-impl SniResolver {
+impl CertTable {
+    /// Reads every certificate of `settings`; fails if any does not load.
+    fn load(settings: &TlsSettings) -> Result<CertTable, String> {
+        let mut exact = HashMap::new();
+        let mut wildcard = Vec::new();
+        let mut default = None;
+        let mut first = None;
+        for c in &settings.certificates {
+            let key = Arc::new(load_certified_key(&c.cert, &c.key)?);
+            first.get_or_insert_with(|| key.clone());
+            if c.names.is_empty() {
+                default.get_or_insert_with(|| key.clone());
+            }
+            for name in &c.names {
+                match name.strip_prefix('*') {
+                    Some(suffix) => wildcard.push((suffix.to_string(), key.clone())),
+                    None => {
+                        exact.insert(name.clone(), key.clone());
+                    }
+                }
+            }
+        }
+        let default = default
+            .or(first)
+            .ok_or("a TLS listener needs a certificate")?;
+        Ok(CertTable {
+            exact,
+            wildcard,
+            default,
+        })
+    }
+
     fn choose(&self, server_name: Option<&str>) -> Arc<CertifiedKey> {
         let Some(name) = server_name else {
             return self.default.clone();
@@ -78,36 +115,53 @@ impl SniResolver {
     }
 }
 
+/// The certificates in use: swapped whole on reload, read without a lock.
+#[derive(Debug)]
+struct SniResolver {
+    table: ArcSwap<CertTable>,
+}
+
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.choose(hello.server_name()))
+        Some(self.table.load().choose(hello.server_name()))
     }
 }
 
-/// Builds a listener's TLS configuration from its settings.
-pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, String> {
-    let mut exact = HashMap::new();
-    let mut wildcard = Vec::new();
-    let mut default = None;
-    let mut first = None;
-    for c in &settings.certificates {
-        let key = Arc::new(load_certified_key(&c.cert, &c.key)?);
-        first.get_or_insert_with(|| key.clone());
-        if c.names.is_empty() {
-            default.get_or_insert_with(|| key.clone());
-        }
-        for name in &c.names {
-            match name.strip_prefix('*') {
-                Some(suffix) => wildcard.push((suffix.to_string(), key.clone())),
-                None => {
-                    exact.insert(name.clone(), key.clone());
-                }
-            }
-        }
+/// A listener's TLS: the rustls configuration every worker uses, and what reloads it.
+#[derive(Debug)]
+pub struct Tls {
+    pub config: Arc<ServerConfig>,
+    pub handshake_timeout: std::time::Duration,
+    settings: TlsSettings,
+    resolver: Arc<SniResolver>,
+}
+
+impl Tls {
+    /// Reads the certificates and builds the listener's TLS configuration.
+    pub fn new(settings: &TlsSettings) -> Result<Tls, String> {
+        let resolver = Arc::new(SniResolver {
+            table: ArcSwap::from_pointee(CertTable::load(settings)?),
+        });
+        Ok(Tls {
+            config: server_config(settings, resolver.clone())?,
+            handshake_timeout: settings.handshake_timeout,
+            settings: settings.clone(),
+            resolver,
+        })
     }
-    let default = default
-        .or(first)
-        .ok_or("a TLS listener needs a certificate")?;
+
+    /// Re-reads the certificate and key files. On any error the certificates in use stay.
+    pub fn reload(&self) -> Result<(), String> {
+        let table = CertTable::load(&self.settings)?;
+        self.resolver.table.store(Arc::new(table));
+        Ok(())
+    }
+}
+
+fn server_config(
+    settings: &TlsSettings,
+    resolver: Arc<SniResolver>,
+) -> Result<Arc<ServerConfig>, String> {
     let versions: &[&rustls::SupportedProtocolVersion] = if settings.tls12 {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
     } else {
@@ -118,11 +172,7 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, String
         .with_protocol_versions(versions)
         .map_err(|e| format!("TLS settings: {e}"))?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver {
-            exact,
-            wildcard,
-            default,
-        }));
+        .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // Stateless resumption: ticket keys rotate every 6 hours and, being part of this one
     // config, are the same on every worker.

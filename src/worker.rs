@@ -198,9 +198,9 @@ async fn accept_loop(worker: Rc<Worker>, index: usize, listener: monoio::net::Tc
                         None => {
                             monoio::spawn(crate::proxy::serve(worker.clone(), index, stream, peer, b"http"));
                         }
-                        Some((config, handshake_timeout)) => {
-                            let acceptor = monoio_rustls::TlsAcceptor::from(config.clone());
-                            let deadline = *handshake_timeout;
+                        Some(tls) => {
+                            let acceptor = monoio_rustls::TlsAcceptor::from(tls.config.clone());
+                            let deadline = tls.handshake_timeout;
                             let worker = worker.clone();
                             monoio::spawn(async move {
                                 let handshake = acceptor.accept(stream);

@@ -15,6 +15,7 @@ use crate::support::*;
 /// A CA and three certificates issued by it, written to PEM files.
 struct Pki {
     ca: CertificateDer<'static>,
+    issuer: Issuer<'static, KeyPair>,
     /// (cert file, key file, certificate) for api.example.com, *.example.com, the default.
     certs: Vec<(TempFile, TempFile, CertificateDer<'static>)>,
 }
@@ -26,29 +27,39 @@ fn pki() -> Pki {
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
     let certs = [
-        vec!["api.example.com"],
-        vec!["*.example.com"],
-        vec!["default.test", "deep.sub.example.com", "127.0.0.1"],
+        &["api.example.com"][..],
+        &["*.example.com"],
+        &["default.test", "deep.sub.example.com", "127.0.0.1"],
     ]
     .into_iter()
     .map(|names| {
-        let key = KeyPair::generate().unwrap();
-        let names: Vec<String> = names.into_iter().map(String::from).collect();
-        let cert = CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
+        let (cert, key, der) = issue(&issuer, names);
         (
-            TempFile::new("pem", cert.pem().as_bytes()),
-            TempFile::new("pem", key.serialize_pem().as_bytes()),
-            cert.der().clone(),
+            TempFile::new("pem", cert.as_bytes()),
+            TempFile::new("pem", key.as_bytes()),
+            der,
         )
     })
     .collect();
     Pki {
         ca: ca.der().clone(),
+        issuer,
         certs,
     }
+}
+
+/// A new certificate for `names`: (certificate PEM, key PEM, certificate).
+fn issue(
+    issuer: &Issuer<'static, KeyPair>,
+    names: &[&str],
+) -> (String, String, CertificateDer<'static>) {
+    let key = KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let cert = CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&key, issuer)
+        .unwrap();
+    (cert.pem(), key.serialize_pem(), cert.der().clone())
 }
 
 fn tls_config(pki: &Pki, extra: &str) -> String {
@@ -281,4 +292,65 @@ fn a_plain_listener_can_redirect_every_request_to_https() {
     )
     .unwrap();
     assert_eq!(r.header("location"), Some("https://shop.example/x"));
+}
+
+#[test]
+fn sighup_reloads_certificates_for_new_handshakes_and_keeps_old_ones_on_error() {
+    let pki = pki();
+    let backend = Backend::start();
+    let weir = start(&pki, &backend, "");
+    let config = client(&pki, &[&rustls::version::TLS13]);
+    // A fresh client each time: a resumed session shows the certificate it began with.
+    let served = || {
+        let fresh = client(&pki, &[&rustls::version::TLS13]);
+        https_get(weir.addr(), &fresh, "api.example.com", "/")
+            .unwrap()
+            .certificate
+    };
+    assert_eq!(served(), pki.certs[0].2);
+
+    // A connection opened before the reload.
+    let tcp = TcpStream::connect(weir.addr()).unwrap();
+    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    let name = ServerName::try_from("api.example.com".to_string()).unwrap();
+    let mut old = StreamOwned::new(ClientConnection::new(config.clone(), name).unwrap(), tcp);
+    old.write_all(b"GET /before HTTP/1.1\r\nHost: api.example.com\r\n\r\n")
+        .unwrap();
+    let mut old_reader = BufReader::new(old);
+    assert_eq!(read_response(&mut old_reader, false).unwrap().status, 200);
+
+    // New files in place, then SIGHUP.
+    let (cert, key, renewed) = issue(&pki.issuer, &["api.example.com"]);
+    std::fs::write(&pki.certs[0].0.path, cert).unwrap();
+    std::fs::write(&pki.certs[0].1.path, key).unwrap();
+    weir.signal(libc::SIGHUP);
+    assert!(
+        eventually(|| served() == renewed),
+        "new handshakes never got the new certificate"
+    );
+    assert!(
+        weir.log().contains("certificates reloaded"),
+        "{}",
+        weir.log()
+    );
+
+    // The connection from before carries on.
+    old_reader
+        .get_mut()
+        .write_all(b"GET /after HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    assert_eq!(
+        read_response(&mut old_reader, false).unwrap().body_text(),
+        "/after"
+    );
+
+    // A broken key: the certificates in use stay, and the log says why.
+    std::fs::write(&pki.certs[0].1.path, "not a key").unwrap();
+    weir.signal(libc::SIGHUP);
+    assert!(
+        eventually(|| weir.log().contains("kept the old certificates")),
+        "{}",
+        weir.log()
+    );
+    assert_eq!(served(), renewed);
 }
