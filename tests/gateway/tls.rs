@@ -15,6 +15,8 @@ use crate::support::*;
 /// A CA and three certificates issued by it, written to PEM files.
 struct Pki {
     ca: CertificateDer<'static>,
+    /// The CA certificate as a PEM file, for curl and openssl.
+    ca_pem: TempFile,
     issuer: Issuer<'static, KeyPair>,
     /// (cert file, key file, certificate) for api.example.com, *.example.com, the default.
     certs: Vec<(TempFile, TempFile, CertificateDer<'static>)>,
@@ -24,6 +26,9 @@ fn pki() -> Pki {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Weir test CA");
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
     let certs = [
@@ -43,6 +48,7 @@ fn pki() -> Pki {
     .collect();
     Pki {
         ca: ca.der().clone(),
+        ca_pem: TempFile::new("pem", ca.pem().as_bytes()),
         issuer,
         certs,
     }
@@ -54,11 +60,13 @@ fn issue(
     names: &[&str],
 ) -> (String, String, CertificateDer<'static>) {
     let key = KeyPair::generate().unwrap();
-    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    let cert = CertificateParams::new(names)
-        .unwrap()
-        .signed_by(&key, issuer)
-        .unwrap();
+    let sans: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut params = CertificateParams::new(sans).unwrap();
+    // Its own subject, or OpenSSL takes a leaf named like its CA for self-signed.
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, names[0]);
+    let cert = params.signed_by(&key, issuer).unwrap();
     (cert.pem(), key.serialize_pem(), cert.der().clone())
 }
 
@@ -353,4 +361,78 @@ fn sighup_reloads_certificates_for_new_handshakes_and_keeps_old_ones_on_error() 
         weir.log()
     );
     assert_eq!(served(), renewed);
+}
+
+/// Runs a command; (exit code, stdout, stderr).
+fn run(cmd: &mut std::process::Command) -> (i32, String, String) {
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("{cmd:?}: {e} (curl and openssl come with Debian's curl and openssl packages)")
+        });
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn curl_and_openssl_s_client_agree() {
+    let pki = pki();
+    let backend = Backend::start();
+    let weir = start(&pki, &backend, "");
+    let strict = start(&pki, &backend, "tls12 = false");
+    let curl = |weir: &Weir, extra: &[&str]| {
+        let port = weir.addr().port();
+        run(std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "20", "--cacert"])
+            .arg(&pki.ca_pem.path)
+            .args(["--resolve", &format!("api.example.com:{port}:127.0.0.1")])
+            .args(["-w", "\n%{http_code} %{http_version} %{scheme}"])
+            .args(extra)
+            .arg(format!("https://api.example.com:{port}/from-curl")))
+    };
+    let (code, out, err) = curl(&weir, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "/from-curl\n200 1.1 HTTPS");
+    let (code, _, _) = curl(&strict, &["--tls-max", "1.2"]);
+    assert_ne!(
+        code, 0,
+        "a TLS 1.2 client got through a TLS 1.3-only listener"
+    );
+    let (code, out, _) = curl(&strict, &["--tlsv1.3"]);
+    assert_eq!((code, out.as_str()), (0, "/from-curl\n200 1.1 HTTPS"));
+
+    let s_client = |weir: &Weir, name: &str, extra: &[&str]| {
+        run(std::process::Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &weir.addr().to_string(),
+                "-servername",
+                name,
+            ])
+            .arg("-CAfile")
+            .arg(&pki.ca_pem.path)
+            .args(["-verify_return_error", "-alpn", "http/1.1", "-showcerts"])
+            .args(extra))
+    };
+    let (code, out, err) = s_client(&weir, "eu.example.com", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
+    assert!(out.contains("ALPN protocol: http/1.1"), "{out}");
+    assert!(out.contains("TLSv1.3"), "{out}");
+    let (code, out, _) = s_client(&weir, "api.example.com", &["-tls1_2"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("Protocol  : TLSv1.2") || out.contains("TLSv1.2"),
+        "{out}"
+    );
+    let (code, _, _) = s_client(&strict, "api.example.com", &["-tls1_2"]);
+    assert_ne!(
+        code, 0,
+        "openssl negotiated TLS 1.2 with a TLS 1.3-only listener"
+    );
 }
