@@ -7,6 +7,8 @@ ORIGIN_PORT=18000
 WEIR_PORT=18080
 NGINX_PORT=18081
 HAPROXY_PORT=18082
+# HTTPS listener of the TLS workload (run.sh tls1k): Weir and nginx, one at a time.
+TLS_PORT=18443
 
 # Core layout: origin + load generator on LOAD_CPU, proxy under test on PROXY_CPU.
 LOAD_CPU=0
@@ -15,6 +17,8 @@ PROXY_CPU=1
 PERF_TMP=""
 PERF_KEEP=0
 PERF_PIDS=()  # every background process we started (cleanup kills them)
+PERF_TLS_CERT=""  # set by make_tls_cert; when set, nginx's config gets its TLS server
+PERF_TLS_KEY=""
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() {
@@ -26,7 +30,14 @@ perf_repo_root() { (cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd); }
 
 # Proxy ids: weir, nginx, haproxy, and weir-NAME for a Weir variant (run.sh
 # --weir-variants): same binary and port as weir, its own config weir-NAME.toml.
+# proxy_port NAME [MODE]: MODE tls -> the HTTPS port (Weir and nginx only).
 proxy_port() {
+  if [[ ${2:-} == tls ]]; then
+    case $1 in
+      weir | weir-* | nginx) echo "$TLS_PORT"; return ;;
+      *) die "$1 has no TLS listener in this harness" ;;
+    esac
+  fi
   case $1 in
     weir | weir-*) echo "$WEIR_PORT" ;;
     nginx) echo "$NGINX_PORT" ;;
@@ -52,13 +63,17 @@ port_in_use() {
   [[ -n $(ss -Hltn "sport = :$1" 2>/dev/null) ]]
 }
 
+check_port_free() {
+  if port_in_use "$1"; then
+    ss -Hltnp "sport = :$1" >&2 || true
+    die "port $1 is already in use; stop whatever listens there first"
+  fi
+}
+
 check_ports_free() {
   local p
   for p in "$ORIGIN_PORT" "$WEIR_PORT" "$NGINX_PORT" "$HAPROXY_PORT"; do
-    if port_in_use "$p"; then
-      ss -Hltnp "sport = :$p" >&2 || true
-      die "port $p is already in use; stop whatever listens there first"
-    fi
+    check_port_free "$p"
   done
 }
 
@@ -183,11 +198,12 @@ cpu_busy_sample() {
   awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= 9; i++) t += $i; print t, $5 + $6 }' /proc/stat
 }
 
-# wait_http PID PORT: bounded wait (~10 s) until PORT answers HTTP; fails if PID dies.
+# wait_http PID PORT [SCHEME]: bounded wait (~10 s) until PORT answers HTTP (or
+# HTTPS with SCHEME https; the certificate is not verified); fails if PID dies.
 wait_http() {
-  local pid=$1 port=$2 i
+  local pid=$1 port=$2 scheme=${3:-http} i
   for ((i = 0; i < 100; i++)); do
-    if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/1k"; then
+    if curl -sk -o /dev/null --max-time 1 "$scheme://127.0.0.1:$port/1k"; then
       return 0
     fi
     kill -0 "$pid" 2>/dev/null || return 1
@@ -215,6 +231,44 @@ nginx_temp_paths() {
     fastcgi_temp_path     $t/fastcgi;
     uwsgi_temp_path       $t/uwsgi;
     scgi_temp_path        $t/scgi;
+EOF
+}
+
+# make_tls_cert: one self-signed ECDSA P-256 certificate and key for 127.0.0.1 in
+# $PERF_TMP/tls, shared by every TLS proxy of the run; sets PERF_TLS_CERT/KEY.
+make_tls_cert() {
+  local d=$PERF_TMP/tls
+  mkdir -p "$d"
+  if ! timeout 30 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj /CN=bench.weir.test -addext subjectAltName=DNS:bench.weir.test,IP:127.0.0.1 \
+    -keyout "$d/key.pem" -out "$d/cert.pem" >"$PERF_TMP/logs/openssl.out" 2>&1; then
+    cat "$PERF_TMP/logs/openssl.out" >&2 || true
+    die "openssl could not create the test certificate"
+  fi
+  PERF_TLS_CERT=$d/cert.pem
+  PERF_TLS_KEY=$d/key.pem
+}
+
+# nginx_tls_server: the HTTPS server block of nginx's proxy config (empty unless
+# make_tls_cert ran): same upstream and location settings as the plain server.
+nginx_tls_server() {
+  [[ -n $PERF_TLS_CERT ]] || return 0
+  cat <<EOF
+    server {
+        listen 127.0.0.1:$TLS_PORT ssl backlog=4096;
+        ssl_certificate     $PERF_TLS_CERT;
+        ssl_certificate_key $PERF_TLS_KEY;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:SSL:10m;
+        keepalive_requests 100000;
+        location / {
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_request_buffering ${NGINX_REQUEST_BUFFERING:-off};  # nginx default: on
+            ${NGINX_PROXY_EXTRA:-}
+        }
+    }
 EOF
 }
 
@@ -315,6 +369,7 @@ $(nginx_temp_paths proxy)
             ${NGINX_PROXY_EXTRA:-}
         }
     }
+$(nginx_tls_server)
 }
 EOF
 }
@@ -353,11 +408,23 @@ backend origin
 EOF
 }
 
-# write_weir_conf [ID [EXTRA]]: writes $PERF_TMP/ID.toml (ID defaults to weir).
+# write_weir_conf [ID [EXTRA [MODE]]]: writes $PERF_TMP/ID.toml (ID defaults to weir).
 # WEIR_SERVER_EXTRA (env) is appended to [server], one setting per line, e.g.
 # WEIR_SERVER_EXTRA='io = "epoll"'; then EXTRA (a variant's own lines), if given.
+# MODE tls: $PERF_TMP/weir-tls/ID.toml instead, whose one listener is the HTTPS
+# one on TLS_PORT with make_tls_cert's certificate (same [server], upstream, route).
 write_weir_conf() {
-  local id=${1:-weir} extra=${2:-}
+  local id=${1:-weir} extra=${2:-} mode=${3:-plain} out listener
+  if [[ $mode == tls ]]; then
+    [[ -n $PERF_TLS_CERT ]] || die "write_weir_conf: no certificate (make_tls_cert first)"
+    mkdir -p "$PERF_TMP/weir-tls"
+    out=$PERF_TMP/weir-tls/$id.toml
+    listener="address = \"127.0.0.1:$TLS_PORT\"
+tls = { certificates = [{ cert = \"$PERF_TLS_CERT\", key = \"$PERF_TLS_KEY\" }] }"
+  else
+    out=$PERF_TMP/$id.toml
+    listener="address = \"127.0.0.1:$WEIR_PORT\""
+  fi
   {
     printf '[server]\nworkers = 1\n'
     if [[ -n ${WEIR_SERVER_EXTRA:-} ]]; then
@@ -369,7 +436,7 @@ write_weir_conf() {
     cat <<EOF
 
 [[listener]]
-address = "127.0.0.1:$WEIR_PORT"
+$listener
 
 [upstream.origin]
 targets = ["127.0.0.1:$ORIGIN_PORT"]
@@ -378,7 +445,7 @@ targets = ["127.0.0.1:$ORIGIN_PORT"]
 path = "/{*rest}"
 upstream = "origin"
 EOF
-  } >"$PERF_TMP/$id.toml"
+  } >"$out"
 }
 
 # resolve_weir_bin: sets WEIR_BIN (absolute); builds it if the default is missing.
@@ -406,11 +473,20 @@ start_origin() {
   }
 }
 
-# start_proxy NAME: starts it on PROXY_CPU, waits until it answers; sets PROXY_PID.
+# start_proxy NAME [MODE]: starts it on PROXY_CPU, waits until it answers; sets
+# PROXY_PID. MODE tls: Weir with its HTTPS-only config, nginx as always (its config
+# has both servers once make_tls_cert ran); wait for HTTPS on TLS_PORT.
 start_proxy() {
-  local name=$1 port out
-  port=$(proxy_port "$name")
+  local name=$1 mode=${2:-plain} port out scheme=http wconf
+  port=$(proxy_port "$name" "$mode")
   out=$PERF_TMP/logs/$name.out
+  wconf=$PERF_TMP/$name.toml
+  if [[ $mode == tls ]]; then
+    scheme=https
+    wconf=$PERF_TMP/weir-tls/$name.toml
+    out=$PERF_TMP/logs/$name-tls.out
+    [[ -n $PERF_TLS_CERT ]] || die "start_proxy $name tls: no certificate (make_tls_cert first)"
+  fi
   if port_in_use "$port"; then
     die "port $port busy before starting $name"
   fi
@@ -423,20 +499,23 @@ start_proxy() {
       start_bg "$PROXY_CPU" "$out" haproxy -db -f "$PERF_TMP/haproxy.cfg"
       ;;
     weir | weir-*)
-      start_bg "$PROXY_CPU" "$out" "$WEIR_BIN" run -c "$PERF_TMP/$name.toml"
+      start_bg "$PROXY_CPU" "$out" "$WEIR_BIN" run -c "$wconf"
       ;;
     *) die "unknown proxy $name" ;;
   esac
   PROXY_PID=$STARTED_PID
-  if ! wait_http "$PROXY_PID" "$port"; then
+  if ! wait_http "$PROXY_PID" "$port" "$scheme"; then
     log "$name output:"
     tail -n 30 "$out" >&2 || true
-    die "$name did not answer on 127.0.0.1:$port"
+    die "$name did not answer $scheme on 127.0.0.1:$port"
   fi
 }
 
+# stop_proxy NAME PID: stop it and wait until its ports are free (nginx has the
+# HTTPS one too once make_tls_cert ran, whichever mode it was started in).
 stop_proxy() {
   local name=$1 pid=$2
   stop_tree "$pid"
   wait_port_free "$(proxy_port "$name")"
+  [[ -z $PERF_TLS_CERT ]] || wait_port_free "$TLS_PORT"
 }

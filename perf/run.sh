@@ -15,7 +15,9 @@ usage() {
   cat <<'EOF'
 Usage: perf/run.sh [options]
 
-  --workloads LIST   comma list of 1k,16k,256k,upload64k   (default 1k; env WORKLOADS)
+  --workloads LIST   comma list of 1k,16k,256k,upload64k,tls1k (default 1k; env WORKLOADS)
+                     tls1k: GET /1k over HTTPS (keep-alive) to the proxy, origin plain
+                     HTTP; Weir and nginx only (HAProxy is skipped for it); needs openssl
   --proxies LIST     comma list of weir,nginx,haproxy      (default all; env PROXIES)
   --rounds N         interleaved rounds                     (default 3; env ROUNDS)
   --duration S       seconds per measured wrk run          (default 6; env DURATION)
@@ -102,7 +104,7 @@ IFS=, read -r -a proxies <<<"$PROXIES"
 ((${#workloads[@]})) || die "no workloads"
 ((${#proxies[@]})) || die "no proxies"
 for w in "${workloads[@]}"; do
-  case $w in 1k | 16k | 256k | upload64k) ;; *) die "unknown workload '$w'" ;; esac
+  case $w in 1k | 16k | 256k | upload64k | tls1k) ;; *) die "unknown workload '$w'" ;; esac
 done
 for p in "${proxies[@]}"; do
   case $p in weir | nginx | haproxy) ;; *) die "unknown proxy '$p'" ;; esac
@@ -143,6 +145,40 @@ for ((i = 0; i < ${#proxies[@]}; i++)); do
 done
 is_weir() { [[ $1 == weir || $1 == weir-* ]]; }
 
+# workload_mode W: "tls" for the HTTPS workload (client -> proxy over TLS), else "plain".
+workload_mode() {
+  case $1 in
+    tls1k) echo tls ;;
+    *) echo plain ;;
+  esac
+}
+# in_workload W P: does proxy P take part in workload W? HAProxy has no TLS setup
+# in this harness, so it sits out tls1k; everyone runs every plain workload.
+in_workload() {
+  [[ $(workload_mode "$1") == plain || $2 != haproxy ]]
+}
+# workload_proxies W: the proxies of W, one per line, in --proxies order.
+workload_proxies() {
+  local p
+  for p in "${proxies[@]}"; do
+    if in_workload "$1" "$p"; then echo "$p"; fi
+  done
+}
+has_tls=0
+for w in "${workloads[@]}"; do
+  [[ $(workload_mode "$w") == tls ]] && has_tls=1
+done
+skipped=""   # labels of the proxies that sit out the TLS workload, for the report
+if ((has_tls)); then
+  command -v openssl >/dev/null || die "openssl not found (needed for the tls1k certificate)"
+  [[ -n $(workload_proxies tls1k) ]] ||
+    die "tls1k needs weir or nginx in --proxies (HAProxy does not take part in it)"
+  for p in "${proxies[@]}"; do
+    in_workload tls1k "$p" && continue
+    skipped+="${skipped:+, }$(proxy_label "$p")"
+  done
+fi
+
 if [[ -n $RATE_PCT ]]; then
   [[ $RATE_PCT =~ ^[1-9][0-9]*$ ]] || die "--rate-latency PCT must be a positive integer (got '$RATE_PCT')"
   [[ " ${proxies[*]} " == *" nginx "* ]] ||
@@ -171,11 +207,15 @@ if ((has_weir)); then
 fi
 
 check_ports_free
+((has_tls == 0)) || check_port_free "$TLS_PORT"
 perf_setup_tmp
 CLK_TCK=$(getconf CLK_TCK)
 
 # -------------------------------------------------------------- setup
 make_bodies
+# tls1k: one ECDSA P-256 certificate for the run; nginx's config then has an HTTPS
+# server next to the plain one, Weir an HTTPS-only config per variant (weir-tls/).
+((has_tls == 0)) || make_tls_cert
 write_origin_conf 4096 75s
 write_nginx_proxy_conf 4096 75s
 write_haproxy_conf 4096 75s
@@ -183,6 +223,12 @@ write_weir_conf weir
 for v in "${variants[@]+"${variants[@]}"}"; do
   write_weir_conf "$v" "${variant_extra[$v]}"
 done
+if ((has_tls)); then
+  write_weir_conf weir "" tls
+  for v in "${variants[@]+"${variants[@]}"}"; do
+    write_weir_conf "$v" "${variant_extra[$v]}" tls
+  done
+fi
 
 # upload64k: POST a 64 KiB body to /upload
 upload_lua=$PERF_TMP/upload64k.lua
@@ -194,18 +240,26 @@ EOF
 
 workload_path() {
   case $1 in
-    1k) echo /1k ;;
+    1k | tls1k) echo /1k ;;
     16k) echo /16k ;;
     256k) echo /256k ;;
     upload64k) echo /upload ;;
   esac
 }
 
+# workload_url PORT WORKLOAD: the URL wrk and the checks use (https for tls1k).
+workload_url() {
+  local scheme=http
+  [[ $(workload_mode "$2") == tls ]] && scheme=https
+  echo "$scheme://127.0.0.1:$1$(workload_path "$2")"
+}
+
 # check_endpoint PORT WORKLOAD: prints "ok" or a description of what is wrong.
+# (tls1k: curl -k, the certificate is self-signed)
 check_endpoint() {
   local port=$1 w=$2 got want body=$PERF_TMP/check.body
   case $w in
-    1k) want="200 1024" ;;
+    1k | tls1k) want="200 1024" ;;
     16k) want="200 16384" ;;
     256k) want="200 262144" ;;
     upload64k) want="200 11" ;;
@@ -216,8 +270,8 @@ check_endpoint() {
         -H 'Content-Type: application/octet-stream' --data-binary @- \
         "http://127.0.0.1:$port/upload" 2>&1) || true
   else
-    got=$(curl -sS --max-time 5 -o "$body" -w '%{http_code} %{size_download}' \
-      "http://127.0.0.1:$port$(workload_path "$w")" 2>&1) || true
+    got=$(curl -ksS --max-time 5 -o "$body" -w '%{http_code} %{size_download}' \
+      "$(workload_url "$port" "$w")" 2>&1) || true
   fi
   if [[ $got == "$want" ]]; then
     echo ok
@@ -233,7 +287,7 @@ run_wrk() {
   [[ $w == upload64k ]] && script=(-s "$upload_lua")
   timeout -k 5 $((secs + 30)) taskset -c "$LOAD_CPU" \
     wrk -t1 -c"$CONNS" -d"${secs}s" --latency "${script[@]}" \
-    "http://127.0.0.1:$port$(workload_path "$w")" >"$out" 2>&1 || rc=$?
+    "$(workload_url "$port" "$w")" >"$out" 2>&1 || rc=$?
   return "$rc"
 }
 
@@ -304,6 +358,7 @@ ver_nginx=$(nginx -v 2>&1 | head -n1)
 ver_nginx=${ver_nginx#nginx version: }
 ver_haproxy=$(haproxy -v 2>/dev/null | head -n1 || true)
 ver_wrk=$( (wrk -v 2>&1 || true) | head -n1)
+ver_openssl=$( (openssl version 2>/dev/null || true) | head -n1)
 ver_oha="n/a"
 oha_json=()
 if [[ -n $RATE_PCT ]]; then
@@ -360,7 +415,7 @@ for p in "${proxies[@]}"; do
     die "$(proxy_label "$p") preflight GET /1k failed: $res"
   fi
   for w in "${workloads[@]}"; do
-    [[ $w == 1k ]] && continue
+    [[ $w == 1k || $(workload_mode "$w") == tls ]] && continue
     res=$(check_endpoint "$port" "$w")
     if [[ $res != ok ]]; then
       log "WARNING: $(proxy_label "$p") preflight $w: $res"
@@ -374,27 +429,56 @@ for p in "${proxies[@]}"; do
   stop_proxy "$p" "$PROXY_PID"
 done
 
+# tls1k preflight: each of its proxies started in TLS mode must answer GET /1k over
+# HTTPS with 200 and exactly 1,024 bytes, or the script stops. Also records what
+# TLS version, cipher and key exchange an OpenSSL client (like wrk's) negotiates.
+declare -A tls_session=() weir_startup_tls=()
+if ((has_tls)); then
+  while IFS= read -r p; do
+    start_proxy "$p" tls
+    res=$(check_endpoint "$TLS_PORT" tls1k)
+    if [[ $res != ok ]]; then
+      tail -n 30 "$PERF_TMP/logs/$p-tls.out" >&2 || true
+      die "$(proxy_label "$p") preflight tls1k (GET https://127.0.0.1:$TLS_PORT/1k) failed: $res"
+    fi
+    tls_session[$p]=$(timeout 10 openssl s_client -brief -connect "127.0.0.1:$TLS_PORT" </dev/null 2>&1 |
+      awk -F': ' '
+        /^Protocol version:/ { v = $2 }
+        /^Ciphersuite:/ { c = $2 }
+        /^(Server|Peer) Temp Key:/ { k = $2 }
+        END { printf "%s, %s, key exchange %s", (v ? v : "?"), (c ? c : "?"), (k ? k : "?") }')
+    log "$(proxy_label "$p") preflight tls1k ok (https://127.0.0.1:$TLS_PORT: ${tls_session[$p]})"
+    if is_weir "$p"; then
+      weir_startup_tls[$p]=$(head -n 8 "$PERF_TMP/logs/$p-tls.out" || true)
+    fi
+    stop_proxy "$p" "$PROXY_PID"
+  done < <(workload_proxies tls1k)
+fi
+
 # -------------------------------------------------------------- measure
 results=$PERF_TMP/results.tsv
 rate_results=$PERF_TMP/rate.tsv
 : >"$results"
 : >"$rate_results"
 nprox=${#proxies[@]}
-total_runs=$((ROUNDS * ${#workloads[@]} * nprox))
+total_runs=0
+for w in "${workloads[@]}"; do
+  total_runs=$((total_runs + ROUNDS * $(workload_proxies "$w" | wc -l)))
+done
 [[ -z $RATE_PCT ]] || total_runs=$((total_runs + ROUNDS * nprox))
 run_no=0
 build_runs=0
 
-# measure_run TAG PROXY LOADCMD...: one fresh start of PROXY on PROXY_CPU, a
-# WARMUP s warm-up and a DURATION s measured run of "LOADCMD OUTFILE PORT
-# SECONDS", the proxy's CPU ticks and CPU 0's busy time around it, and a stop.
-# Sets M_RAW M_TICKS M_NS M_C0T M_C0I M_RC M_ALIVE.
+# measure_run TAG PROXY MODE LOADCMD...: one fresh start of PROXY on PROXY_CPU
+# (MODE plain, or tls: its HTTPS listener), a WARMUP s warm-up and a DURATION s
+# measured run of "LOADCMD OUTFILE PORT SECONDS", the proxy's CPU ticks and CPU 0's
+# busy time around it, and a stop. Sets M_RAW M_TICKS M_NS M_C0T M_C0I M_RC M_ALIVE.
 measure_run() {
-  local tag=$1 p=$2 port pp t0 t1 ticks0 ticks1 c0_t0 c0_i0 c0_t1 c0_i1
-  shift 2
-  port=$(proxy_port "$p")
+  local tag=$1 p=$2 mode=$3 port pp t0 t1 ticks0 ticks1 c0_t0 c0_i0 c0_t1 c0_i1
+  shift 3
+  port=$(proxy_port "$p" "$mode")
   run_no=$((run_no + 1))
-  start_proxy "$p"
+  start_proxy "$p" "$mode"
   if pgrep -x rustc >/dev/null 2>&1 || pgrep -x cargo >/dev/null 2>&1; then
     build_runs=$((build_runs + 1))
     log "WARNING: cargo/rustc is running during this run"
@@ -428,9 +512,11 @@ oha_load() { run_oha "$2" "$3" "$1" "$4"; }    # oha_load RATE OUT PORT SECS
 
 for ((r = 1; r <= ROUNDS; r++)); do
   for w in "${workloads[@]}"; do
-    for ((i = 0; i < nprox; i++)); do
-      p=${proxies[$(((i + r - 1) % nprox))]}  # rotate the order each round
-      measure_run "r$r-$w-$p" "$p" wrk_load "$w"
+    mapfile -t wprox < <(workload_proxies "$w")   # tls1k: without HAProxy
+    nw=${#wprox[@]}
+    for ((i = 0; i < nw; i++)); do
+      p=${wprox[$(((i + r - 1) % nw))]}  # rotate the order each round
+      measure_run "r$r-$w-$p" "$p" "$(workload_mode "$w")" wrk_load "$w"
       raw=$M_RAW
       wrk_rc=$M_RC
 
@@ -476,7 +562,7 @@ if [[ -n $RATE_PCT ]]; then
     for ((r = 1; r <= ROUNDS; r++)); do
       for ((i = 0; i < nprox; i++)); do
         p=${proxies[$(((i + r - 1) % nprox))]}
-        measure_run "rate-r$r-$p" "$p" oha_load "$rate_target"
+        measure_run "rate-r$r-$p" "$p" plain oha_load "$rate_target"
         read -r req rps p50 p99 p999 n2 errs deadline < <(parse_oha "$M_RAW")
         awk -v r="$r" -v p="$p" -v target="$rate_target" -v req="$req" -v rps="$rps" \
           -v p50="$p50" -v p99="$p99" -v p999="$p999" -v n2="$n2" -v errs="$errs" -v dl="$deadline" \
@@ -573,6 +659,7 @@ fi
   echo "- nginx: $ver_nginx"
   echo "- haproxy: $ver_haproxy"
   echo "- wrk: $ver_wrk"
+  ((has_tls == 0)) || echo "- openssl: $ver_openssl"
   [[ -z $RATE_PCT ]] || echo "- oha: $ver_oha"
   echo "- weir: $ver_weir; binary $weir_bin_desc"
   if ((has_weir)); then
@@ -596,6 +683,25 @@ fi
     fi
   fi
   echo "- nginx proxy_request_buffering: ${NGINX_REQUEST_BUFFERING:-off} (nginx's default is on); other proxy settings: \`${NGINX_PROXY_EXTRA:-nginx defaults}\`"
+  if ((has_tls)); then
+    echo "- tls1k: one self-signed ECDSA P-256 certificate (CN bench.weir.test, SAN DNS:bench.weir.test, IP:127.0.0.1), made with openssl for this run, used by every proxy on 127.0.0.1:$TLS_PORT; origin stays plain HTTP"
+    echo "  - nginx: a second \`server\` with \`listen 127.0.0.1:$TLS_PORT ssl\`, \`ssl_protocols TLSv1.2 TLSv1.3\`, \`ssl_session_cache shared:SSL:10m\`, \`keepalive_requests 100000\`, same upstream and location settings as the plain one"
+    if ((has_weir)); then
+      echo "  - Weir: started for tls1k with an HTTPS-only config: the same file with its \`[[listener]]\` replaced by \`address = \"127.0.0.1:$TLS_PORT\"\`, \`tls = { certificates = [{ cert = \"…/cert.pem\", key = \"…/key.pem\" }] }\` (rustls)"
+    fi
+    for p in "${proxies[@]}"; do
+      [[ -z ${tls_session[$p]:-} ]] || echo "  - $(proxy_label "$p") negotiates with an OpenSSL client (openssl s_client, same library as wrk): ${tls_session[$p]}"
+    done
+    for p in "${proxies[@]}"; do
+      [[ -n ${weir_startup_tls[$p]:-} ]] || continue
+      echo "  - $(proxy_label "$p")'s first output lines at start with the TLS listener:"
+      echo
+      echo '    ```'
+      while IFS= read -r line; do echo "    $line"; done <<<"${weir_startup_tls[$p]}"
+      echo '    ```'
+    done
+    [[ -z $skipped ]] || echo "  - not run in tls1k: $skipped (no TLS setup in this harness)"
+  fi
   echo "- load: wrk -t1 -c$CONNS --latency, ${DURATION} s per run after a ${WARMUP} s warm-up, $ROUNDS interleaved rounds (proxy order rotated each round); values below are medians over rounds"
   echo "- CPU/req: utime+stime of all the proxy's processes (/proc/PID/stat) during the run / requests completed; cores: that CPU time / wall time"
   [[ -z $busy_note ]] || echo "- **note:** $busy_note"
@@ -613,12 +719,22 @@ fi
       1k) echo "GET /1k (1 KiB JSON body from the origin)." ;;
       16k) echo "GET /16k (16 KiB JSON body from the origin)." ;;
       256k) echo "GET /256k (256 KiB JSON body from the origin)." ;;
+      tls1k)
+        echo "GET /1k (1 KiB JSON body from the origin) over **HTTPS** from wrk to the proxy, which"
+        echo "terminates TLS and talks plain HTTP to the origin. Keep-alive: each measured run makes"
+        echo "its $CONNS full handshakes at the start and then only reuses those connections, so"
+        echo "handshakes are amortised over all its requests (CPU/req below includes them, at about"
+        echo "1 per $(fmt "$(awk -F'\t' -v w="$w" -v c="$CONNS" '$2 == w && $4 ~ /^[0-9]+$/ { print $4 / c }' "$results" | median)" %.0f) requests):"
+        echo "this is the cost of TLS record processing per request, not of handshakes."
+        [[ -z $skipped ]] || echo "Not run here: $skipped (no TLS setup in this harness)."
+        ;;
     esac
     echo
     echo "| proxy | req/s | p50 ms | p99 ms | CPU/req µs | errors | proxy cores | CPU0 busy % |"
     echo "|---|---:|---:|---:|---:|---|---:|---:|"
     declare -A med_rps=() med_us=() med_cores=() med_busy=() errs_of=()
-    for p in "${proxies[@]}"; do
+    mapfile -t wprox < <(workload_proxies "$w")
+    for p in "${wprox[@]}"; do
       med_rps[$p]=$(col "$w" "$p" 5 | median)
       p50=$(col "$w" "$p" 6 | median)
       p99=$(col "$w" "$p" 7 | median)
@@ -642,6 +758,7 @@ fi
     echo
     for pair in "${pairs[@]}"; do
       read -r base p <<<"$pair"
+      if ! in_workload "$w" "$base" || ! in_workload "$w" "$p"; then continue; fi
       # per-round ratios show how much the noise moves them
       per_round=$(awk -F'\t' -v w="$w" -v a="$base" -v b="$p" '
         $2 == w && $3 == a { ra[$1] = $5; ua[$1] = $10 }
@@ -663,7 +780,7 @@ fi
     done
     # Is the load core (CPU 0) the limit? (see README, "Which core is the limit")
     hint=$(
-      for p in "${proxies[@]}"; do
+      for p in "${wprox[@]}"; do
         printf '%s\t%s\t%s\t%s\n' "$(proxy_label "$p")" "${med_rps[$p]}" "${med_cores[$p]}" "${med_busy[$p]}"
       done | awk -F'\t' '
         $2 ~ /^[0-9.]+$/ && $3 ~ /^[0-9.]+$/ && $4 ~ /^[0-9.]+$/ {
