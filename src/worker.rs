@@ -199,11 +199,11 @@ async fn accept_loop(worker: Rc<Worker>, index: usize, listener: monoio::net::Tc
                             monoio::spawn(crate::proxy::serve(worker.clone(), index, stream, peer, b"http"));
                         }
                         Some(tls) => {
-                            let acceptor = monoio_rustls::TlsAcceptor::from(tls.config.clone());
+                            let config = tls.config.clone();
                             let deadline = tls.handshake_timeout;
                             let worker = worker.clone();
                             monoio::spawn(async move {
-                                let handshake = acceptor.accept(stream);
+                                let handshake = crate::tls::TlsStream::accept(stream, config);
                                 // A failed or stalled handshake (plain HTTP on this port, an
                                 // unknown protocol version, silence) just closes the connection.
                                 if let Ok(Ok(tls)) = monoio::time::timeout(deadline, handshake).await {

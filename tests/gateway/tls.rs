@@ -436,3 +436,47 @@ fn curl_and_openssl_s_client_agree() {
         "openssl negotiated TLS 1.2 with a TLS 1.3-only listener"
     );
 }
+
+#[test]
+fn large_bodies_cross_tls_both_ways_intact() {
+    let pki = pki();
+    let backend = Backend::start();
+    let weir = start(&pki, &backend, "");
+    let config = client(&pki, &[&rustls::version::TLS13]);
+    let tcp = TcpStream::connect(weir.addr()).unwrap();
+    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    let name = ServerName::try_from("api.example.com".to_string()).unwrap();
+    let mut tls = StreamOwned::new(ClientConnection::new(config, name).unwrap(), tcp);
+    let body: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    tls.write_all(
+        format!(
+            "POST /echo HTTP/1.1\r\nHost: api.example.com\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    tls.write_all(&body).unwrap();
+    let mut reader = BufReader::new(tls);
+    let r = read_response(&mut reader, false).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body == body,
+        "the body came back changed ({} bytes)",
+        r.body.len()
+    );
+    // And the connection is still good for another request.
+    reader
+        .get_mut()
+        .write_all(
+            b"GET /big/2000000 HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+    let r = read_response(&mut reader, false).unwrap();
+    assert_eq!(r.body.len(), 2_000_000);
+    assert!(r
+        .body
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == b'a' + (i % 26) as u8));
+}

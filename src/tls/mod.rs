@@ -11,14 +11,18 @@
 //! files are read on the caller's thread and swapped in atomically only if all of them
 //! load; new handshakes use them, existing connections carry on.
 //!
-//! Must not: do the handshake's I/O itself (monoio-rustls drives it on the worker), take
-//! a lock on the handshake path, or accept a configuration it could not fully load.
+//! The stream itself ([`stream::TlsStream`]) runs the handshake and the records on the
+//! worker. Must not: take a lock on the handshake path, or accept a configuration it could
+//! not fully load.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+
+pub mod stream;
+pub use stream::TlsStream;
 
 use rustls::crypto::ring::sign::any_supported_type;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};

@@ -1,0 +1,182 @@
+//! A TLS stream over a monoio `TcpStream`, driven by rustls's `ServerConnection`.
+//!
+//! Every byte read from the socket goes to rustls before the next read, so no ciphertext
+//! is ever stranded in a buffer of our own; the rustls session stays reachable (the peer's
+//! certificate for mutual TLS). The two ciphertext buffers are reused for the life of the
+//! connection. Must not: return plaintext rustls has not authenticated, or swallow a
+//! TLS alert: rustls's errors close the connection after its alert is sent.
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use monoio::BufResult;
+use rustls::{ServerConfig, ServerConnection};
+
+/// Ciphertext read from the socket per read: the largest TLS record and its header.
+const READ_SIZE: usize = 16 * 1024 + 512;
+
+pub struct TlsStream {
+    io: TcpStream,
+    conn: ServerConnection,
+    incoming: Vec<u8>,
+    outgoing: Vec<u8>,
+}
+
+impl TlsStream {
+    /// Performs the server side of the handshake.
+    pub async fn accept(io: TcpStream, config: Arc<ServerConfig>) -> io::Result<TlsStream> {
+        let conn = ServerConnection::new(config).map_err(io::Error::other)?;
+        let mut s = TlsStream {
+            io,
+            conn,
+            incoming: Vec::with_capacity(READ_SIZE),
+            outgoing: Vec::new(),
+        };
+        while s.conn.is_handshaking() {
+            if s.conn.wants_write() {
+                s.send_tls().await?;
+            } else if s.receive_tls().await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        // Session tickets and anything else rustls has queued.
+        s.send_tls().await?;
+        Ok(s)
+    }
+
+    /// The rustls session: negotiated parameters and the peer's certificates.
+    pub fn session(&self) -> &ServerConnection {
+        &self.conn
+    }
+
+    /// Reads ciphertext from the socket and gives all of it to rustls. 0: end of stream.
+    async fn receive_tls(&mut self) -> io::Result<usize> {
+        let mut buf = std::mem::take(&mut self.incoming);
+        buf.clear();
+        buf.reserve(READ_SIZE);
+        let (res, buf) = self.io.read(buf).await;
+        self.incoming = buf;
+        let n = res?;
+        if n == 0 {
+            // Tell rustls: a close without close_notify then reads as UnexpectedEof.
+            let _ = self.conn.read_tls(&mut io::empty());
+            return Ok(0);
+        }
+        let mut pending = &self.incoming[..n];
+        while !pending.is_empty() {
+            self.conn.read_tls(&mut pending)?;
+            if let Err(e) = self.conn.process_new_packets() {
+                // Send the alert rustls prepared, then fail the connection.
+                let _ = self.send_tls().await;
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+        }
+        Ok(n)
+    }
+
+    /// Writes everything rustls has queued to the socket.
+    async fn send_tls(&mut self) -> io::Result<()> {
+        while self.conn.wants_write() {
+            let mut out = std::mem::take(&mut self.outgoing);
+            out.clear();
+            self.conn.write_tls(&mut out)?;
+            let (res, out) = self.io.write_all(out).await;
+            self.outgoing = out;
+            res?;
+        }
+        Ok(())
+    }
+
+    /// Plaintext into `dst`, reading from the socket as needed. Ok(0): the stream ended.
+    async fn read_plain(&mut self, dst: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.conn.reader().read(dst) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // The peer closed without close_notify: for HTTP, the end of the stream.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) => return Err(e),
+            }
+            if self.receive_tls().await? == 0 {
+                return Ok(0);
+            }
+            self.send_tls().await?;
+        }
+    }
+
+    async fn write_plain(&mut self, src: &[u8]) -> io::Result<usize> {
+        let n = self.conn.writer().write(src)?;
+        self.send_tls().await?;
+        Ok(n)
+    }
+}
+
+impl AsyncReadRent for TlsStream {
+    async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        // SAFETY: the buffer's spare capacity, owned by us until we return it.
+        let dst = unsafe { std::slice::from_raw_parts_mut(buf.write_ptr(), buf.bytes_total()) };
+        let res = self.read_plain(dst).await;
+        if let Ok(n) = res {
+            unsafe { buf.set_init(n) };
+        }
+        (res, buf)
+    }
+
+    async fn readv<T: IoVecBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        // Fill the first non-empty slice; callers loop for more, as with readv(2).
+        let iovecs =
+            unsafe { std::slice::from_raw_parts(buf.write_iovec_ptr(), buf.write_iovec_len()) };
+        let Some(first) = iovecs.iter().find(|v| v.iov_len > 0) else {
+            return (Ok(0), buf);
+        };
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(first.iov_base.cast::<u8>(), first.iov_len) };
+        let before: usize = iovecs
+            .iter()
+            .take_while(|v| v.iov_base != first.iov_base)
+            .map(|v| v.iov_len)
+            .sum();
+        let res = self.read_plain(dst).await;
+        if let Ok(n) = res {
+            unsafe { buf.set_init(before + n) };
+        }
+        (res, buf)
+    }
+}
+
+impl AsyncWriteRent for TlsStream {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        // SAFETY: the buffer's initialised bytes, owned by us until we return it.
+        let src = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
+        let res = self.write_plain(src).await;
+        (res, buf)
+    }
+
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        let iovecs =
+            unsafe { std::slice::from_raw_parts(buf.read_iovec_ptr(), buf.read_iovec_len()) };
+        let mut written = 0;
+        for v in iovecs {
+            let src = unsafe { std::slice::from_raw_parts(v.iov_base.cast::<u8>(), v.iov_len) };
+            match self.conn.writer().write(src) {
+                Ok(n) => written += n,
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        let res = self.send_tls().await.map(|()| written);
+        (res, buf)
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        self.send_tls().await
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        self.conn.send_close_notify();
+        self.send_tls().await?;
+        self.io.shutdown().await
+    }
+}
