@@ -154,6 +154,7 @@ fn rewrite(c: &mut Criterion) {
                         client_ip: b"192.0.2.10",
                         request_id: b"4bfc0f83cc59cd7a0000000000000001",
                         proto: b"http",
+                        extra: b"",
                     },
                 );
                 black_box(&out);

@@ -118,6 +118,17 @@ pub struct TlsSettings {
     pub tls12: bool,
     /// Longest a handshake may take before the connection is closed.
     pub handshake_timeout: Duration,
+    /// Client certificates (mutual TLS), if asked for.
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// Mutual TLS toward clients.
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    /// PEM bundle of the CAs client certificates must chain to.
+    pub ca: std::path::PathBuf,
+    /// Refuse clients without a valid certificate (else: let them in as anonymous).
+    pub required: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -369,6 +380,10 @@ struct TlsFile {
     tls12: Option<bool>,
     /// Default 10s. A client that stalls mid-handshake is closed after it.
     handshake_timeout: Option<Dur>,
+    /// Mutual TLS: `"required"` or `"optional"`. Needs `client_ca`.
+    client_auth: Option<String>,
+    /// PEM bundle of the CAs that client certificates must chain to.
+    client_ca: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1295,10 +1310,49 @@ fn resolve_tls(raw: Spanned<TlsFile>, ck: &mut Checker) -> Option<TlsSettings> {
         }
         certificates.push(settings);
     }
+    let client_auth = match (t.client_auth.as_deref(), &t.client_ca) {
+        (None, None) => None,
+        (Some(mode @ ("required" | "optional")), Some(ca)) => {
+            let ca = dir.join(ca);
+            if let Err(msg) = crate::tls::load_client_roots(&ca) {
+                ck.error(span.clone(), msg);
+                ok = false;
+            }
+            Some(ClientAuth {
+                ca,
+                required: mode == "required",
+            })
+        }
+        (Some("required" | "optional"), None) => {
+            ck.error(
+                span.clone(),
+                "client_auth needs client_ca, the CAs to trust",
+            );
+            ok = false;
+            None
+        }
+        (Some(other), _) => {
+            ck.error(
+                span.clone(),
+                format!("client_auth = \"{other}\": use \"required\" or \"optional\""),
+            );
+            ok = false;
+            None
+        }
+        (None, Some(_)) => {
+            ck.error(
+                span.clone(),
+                "client_ca without client_auth: add client_auth = \"required\" or \"optional\"",
+            );
+            ok = false;
+            None
+        }
+    };
     ok.then(|| TlsSettings {
         certificates,
         tls12: t.tls12.unwrap_or(true),
         handshake_timeout: t.handshake_timeout.map_or(Duration::from_secs(10), |d| d.0),
+        client_auth,
     })
 }
 

@@ -45,8 +45,10 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(
     stream: S,
     peer: SocketAddr,
     proto: &'static [u8],
+    client_cert: Vec<u8>,
 ) {
     let mut conn = Connection::new(worker, listener, stream, peer, proto);
+    conn.client_cert = client_cert;
     conn.run().await;
     conn.release();
 }
@@ -149,6 +151,8 @@ struct Connection<S> {
     sent_continue: bool,
     /// What the route's stages left for the response (the key, RateLimit fields).
     stages: Outcome,
+    /// `x-client-cert-*` lines from the TLS handshake, forwarded with every request.
+    client_cert: Vec<u8>,
 }
 
 impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
@@ -186,6 +190,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             request_id_len: 0,
             sent_continue: false,
             stages: Outcome::default(),
+            client_cert: Vec::new(),
         }
     }
 
@@ -691,6 +696,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     client_ip: &self.client_ip[..self.client_ip_len],
                     request_id: &self.request_id[..self.request_id_len],
                     proto: self.proto,
+                    extra: &self.client_cert,
                 },
             );
             out.extend_from_slice(&self.buf[self.head.len..self.head.len + buffered]);
@@ -1047,7 +1053,7 @@ mod size_guard {
                 crate::config::parse("[[listener]]\naddress = \"127.0.0.1:0\"\n", "t").unwrap();
             let gw = std::sync::Arc::new(crate::gateway::Gateway::new(cfg).unwrap());
             let w = std::rc::Rc::new(crate::worker::Worker::new(0, gw, 1, 1));
-            let fut = super::serve(w, 0, s, "127.0.0.1:1".parse().unwrap(), b"http");
+            let fut = super::serve(w, 0, s, "127.0.0.1:1".parse().unwrap(), b"http", Vec::new());
             let size = std::mem::size_of_val(&fut);
             assert!(size <= 4096, "the connection future grew to {size} bytes");
         });

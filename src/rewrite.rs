@@ -24,6 +24,9 @@ pub struct ForwardRequest<'a> {
     pub request_id: &'a [u8],
     /// `http` or `https`.
     pub proto: &'a [u8],
+    /// Header lines Weir adds about the connection (the client certificate), each ending
+    /// in CRLF.
+    pub extra: &'a [u8],
 }
 
 /// Appends the request head to send upstream.
@@ -72,7 +75,9 @@ pub fn request_head(out: &mut Vec<u8>, f: &ForwardRequest) {
     }
     out.extend_from_slice(b"\r\nx-request-id: ");
     out.extend_from_slice(f.request_id);
-    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(f.extra);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// The request line, copied as read when nothing in it changes.
@@ -247,6 +252,7 @@ mod tests {
                 client_ip: b"192.0.2.7",
                 request_id: b"rid",
                 proto: b"http",
+                extra: b"",
             },
         );
         String::from_utf8(out).unwrap()

@@ -196,18 +196,31 @@ async fn accept_loop(worker: Rc<Worker>, index: usize, listener: monoio::net::Tc
                     let _ = stream.set_nodelay(true);
                     match &worker.gateway.tls[index] {
                         None => {
-                            monoio::spawn(crate::proxy::serve(worker.clone(), index, stream, peer, b"http"));
+                            monoio::spawn(crate::proxy::serve(
+                                worker.clone(),
+                                index,
+                                stream,
+                                peer,
+                                b"http",
+                                Vec::new(),
+                            ));
                         }
                         Some(tls) => {
                             let config = tls.config.clone();
                             let deadline = tls.handshake_timeout;
+                            let mutual = tls.mutual;
                             let worker = worker.clone();
                             monoio::spawn(async move {
                                 let handshake = crate::tls::TlsStream::accept(stream, config);
                                 // A failed or stalled handshake (plain HTTP on this port, an
                                 // unknown protocol version, silence) just closes the connection.
                                 if let Ok(Ok(tls)) = monoio::time::timeout(deadline, handshake).await {
-                                    crate::proxy::serve(worker, index, tls, peer, b"https").await;
+                                    let client_cert = if mutual {
+                                        crate::tls::client_cert_headers(tls.session())
+                                    } else {
+                                        Vec::new()
+                                    };
+                                    crate::proxy::serve(worker, index, tls, peer, b"https", client_cert).await;
                                 }
                             });
                         }

@@ -72,6 +72,9 @@ pub enum HeaderKind {
     XRequestId,
     /// Keep-Alive, Proxy-*, TE, Trailer, Upgrade: hop-by-hop by definition (RFC 9110 §7.6.1).
     HopByHop,
+    /// `X-Client-Cert-*`: written by Weir from a verified client certificate, never taken
+    /// from the client.
+    ClientCert,
 }
 
 /// One header line of a parsed head.
@@ -112,6 +115,7 @@ pub fn classify(name: &[u8]) -> HeaderKind {
         17 if eq(b"transfer-encoding") => HeaderKind::TransferEncoding,
         17 if eq(b"x-forwarded-proto") => HeaderKind::XForwardedProto,
         n if n > 6 && name[..6].eq_ignore_ascii_case(b"proxy-") => HeaderKind::HopByHop,
+        n if n > 14 && name[..14].eq_ignore_ascii_case(b"x-client-cert-") => HeaderKind::ClientCert,
         _ => HeaderKind::Other,
     }
 }

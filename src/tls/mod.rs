@@ -59,6 +59,63 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, Strin
     Ok(certified)
 }
 
+/// Reads a PEM bundle of CA certificates to verify client certificates against.
+pub fn load_client_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let cert = cert.map_err(|e| format!("{}: not a PEM certificate: {e}", path.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{}: no CA certificate in it", path.display()));
+    }
+    Ok(roots)
+}
+
+/// The header lines describing a client's certificate, as forwarded upstream:
+/// `x-client-cert-verified` (`SUCCESS`, or `NONE` without a certificate), then `-subject`,
+/// `-issuer`, `-serial`, `-not-before`, `-not-after` (HTTP dates) and `-fingerprint`
+/// (SHA-256 of the DER, hex). Values are made safe for a header line.
+pub fn client_cert_headers(session: &rustls::ServerConnection) -> Vec<u8> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let mut out = Vec::new();
+    let leaf = session.peer_certificates().and_then(|c| c.first());
+    let Some(leaf) = leaf else {
+        out.extend_from_slice(b"x-client-cert-verified: NONE\r\n");
+        return out;
+    };
+    out.extend_from_slice(b"x-client-cert-verified: SUCCESS\r\n");
+    let mut field = |name: &str, value: &str| {
+        out.extend_from_slice(b"x-client-cert-");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        // A certificate's names may hold anything; a header line may not.
+        out.extend(
+            value
+                .bytes()
+                .map(|b| if b < 0x20 || b == 0x7f { b'?' } else { b }),
+        );
+        out.extend_from_slice(b"\r\n");
+    };
+    if let Ok((_, cert)) = X509Certificate::from_der(leaf.as_ref()) {
+        let date = |t: i64| {
+            String::from_utf8_lossy(&crate::http::write::imf_fixdate(t.max(0) as u64)).into_owned()
+        };
+        field("subject", &cert.subject().to_string());
+        field("issuer", &cert.issuer().to_string());
+        field("serial", &cert.raw_serial_as_string());
+        field("not-before", &date(cert.validity().not_before.timestamp()));
+        field("not-after", &date(cert.validity().not_after.timestamp()));
+    }
+    let digest = crate::auth::sha256(leaf.as_ref());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    field("fingerprint", &hex);
+    out
+}
+
 /// Chooses a certificate by SNI: exact name, then a wildcard covering one label, then the
 /// default (the first certificate without `names`, or else the first).
 #[derive(Debug)]
@@ -136,6 +193,8 @@ impl ResolvesServerCert for SniResolver {
 pub struct Tls {
     pub config: Arc<ServerConfig>,
     pub handshake_timeout: std::time::Duration,
+    /// Client certificates are asked for: forward what they say.
+    pub mutual: bool,
     settings: TlsSettings,
     resolver: Arc<SniResolver>,
 }
@@ -149,6 +208,7 @@ impl Tls {
         Ok(Tls {
             config: server_config(settings, resolver.clone())?,
             handshake_timeout: settings.handshake_timeout,
+            mutual: settings.client_auth.is_some(),
             settings: settings.clone(),
             resolver,
         })
@@ -172,11 +232,26 @@ fn server_config(
         &[&rustls::version::TLS13]
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
-        .map_err(|e| format!("TLS settings: {e}"))?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+        .map_err(|e| format!("TLS settings: {e}"))?;
+    let builder = match &settings.client_auth {
+        None => builder.with_no_client_auth(),
+        Some(auth) => {
+            let roots = Arc::new(load_client_roots(&auth.ca)?);
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider);
+            let verifier = if auth.required {
+                verifier.build()
+            } else {
+                verifier.allow_unauthenticated().build()
+            };
+            builder.with_client_cert_verifier(
+                verifier.map_err(|e| format!("client certificate verifier: {e}"))?,
+            )
+        }
+    };
+    let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // Stateless resumption: ticket keys rotate every 6 hours and, being part of this one
     // config, are the same on every worker.

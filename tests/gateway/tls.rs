@@ -480,3 +480,167 @@ fn large_bodies_cross_tls_both_ways_intact() {
         .enumerate()
         .all(|(i, &b)| b == b'a' + (i % 26) as u8));
 }
+
+/// A CA for client certificates and a client certificate it issued: (CA PEM file,
+/// certificate chain, key).
+fn client_pki(
+    common_name: &str,
+) -> (
+    TempFile,
+    CertificateDer<'static>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+) {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Weir client CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, common_name);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    (
+        TempFile::new("pem", ca.pem().as_bytes()),
+        cert.der().clone(),
+        key_der,
+    )
+}
+
+fn client_with_certificate(
+    pki: &Pki,
+    cert: &CertificateDer<'static>,
+    key: &rustls::pki_types::PrivateKeyDer<'static>,
+) -> Arc<ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![cert.clone()], key.clone_key())
+        .unwrap();
+    Arc::new(config)
+}
+
+/// Sends a request with a forged client-certificate header, to check it never passes.
+fn https_get_forging(addr: SocketAddr, config: &Arc<ClientConfig>) -> Result<RawResponse, String> {
+    let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    let name = ServerName::try_from("api.example.com".to_string()).unwrap();
+    let conn = ClientConnection::new(config.clone(), name).map_err(|e| e.to_string())?;
+    let mut tls = StreamOwned::new(conn, tcp);
+    tls.write_all(b"GET /mtls HTTP/1.1\r\nHost: api.example.com\r\nX-Client-Cert-Subject: CN=admin\r\nX-Client-Cert-Verified: SUCCESS\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    read_response(&mut BufReader::new(tls), false).ok_or_else(|| "no response".to_string())
+}
+
+#[test]
+fn mutual_tls_required_refuses_untrusted_clients_and_forwards_the_certificate() {
+    let pki = pki();
+    let (client_ca, cert, key) = client_pki("client.example");
+    let (_other_ca, rogue_cert, rogue_key) = client_pki("rogue.example");
+    let backend = Backend::start();
+    let weir = start(
+        &pki,
+        &backend,
+        &format!(
+            "client_auth = \"required\", client_ca = \"{}\"",
+            client_ca.path.display()
+        ),
+    );
+    let anonymous = client(&pki, &[&rustls::version::TLS13]);
+    assert!(
+        https_get_forging(weir.addr(), &anonymous).is_err(),
+        "no certificate, no entry"
+    );
+    let rogue = client_with_certificate(&pki, &rogue_cert, &rogue_key);
+    assert!(
+        https_get_forging(weir.addr(), &rogue).is_err(),
+        "an untrusted CA, no entry"
+    );
+    assert_eq!(backend.requests(), 0);
+
+    let trusted = client_with_certificate(&pki, &cert, &key);
+    let r = https_get_forging(weir.addr(), &trusted).unwrap();
+    assert_eq!(r.status, 200);
+    let seen = backend.last();
+    let all = |name: &str| -> Vec<String> {
+        seen.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    assert_eq!(all("x-client-cert-verified"), ["SUCCESS"]);
+    assert_eq!(
+        all("x-client-cert-subject"),
+        ["CN=client.example"],
+        "the forged subject got through"
+    );
+    assert_eq!(
+        seen.header("x-client-cert-issuer"),
+        Some("CN=Weir client CA")
+    );
+    assert!(seen
+        .header("x-client-cert-not-after")
+        .unwrap()
+        .ends_with(" GMT"));
+    assert!(!seen.header("x-client-cert-serial").unwrap().is_empty());
+    let fingerprint: String = weir::auth::sha256(cert.as_ref())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        seen.header("x-client-cert-fingerprint"),
+        Some(fingerprint.as_str())
+    );
+}
+
+#[test]
+fn mutual_tls_optional_lets_anonymous_clients_in_as_none() {
+    let pki = pki();
+    let (client_ca, _, _) = client_pki("client.example");
+    let backend = Backend::start();
+    let weir = start(
+        &pki,
+        &backend,
+        &format!(
+            "client_auth = \"optional\", client_ca = \"{}\"",
+            client_ca.path.display()
+        ),
+    );
+    let anonymous = client(&pki, &[&rustls::version::TLS13]);
+    assert_eq!(
+        https_get_forging(weir.addr(), &anonymous).unwrap().status,
+        200
+    );
+    let seen = backend.last();
+    assert_eq!(seen.header("x-client-cert-verified"), Some("NONE"));
+    assert_eq!(
+        seen.header("x-client-cert-subject"),
+        None,
+        "the forged subject got through"
+    );
+}
+
+#[test]
+fn client_certificate_headers_are_never_taken_from_the_client() {
+    let backend = Backend::start();
+    let weir = Weir::start(&proxy_config(backend.addr, ""));
+    raw(
+        weir.addr(),
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Client-Cert-Subject: CN=admin\r\nx-client-cert-verified: SUCCESS\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let seen = backend.last();
+    assert_eq!(seen.header("x-client-cert-subject"), None);
+    assert_eq!(seen.header("x-client-cert-verified"), None);
+}
