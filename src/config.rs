@@ -189,6 +189,19 @@ pub struct Upstream {
     pub idle_timeout: Duration,
     pub max_fails: u32,
     pub fail_timeout: Duration,
+    /// TLS toward the targets, if they speak HTTPS.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// How Weir speaks TLS to an upstream group's targets.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// CA bundle to verify the targets with; `None`: the bundled Mozilla roots.
+    pub ca: Option<std::path::PathBuf>,
+    /// SNI and the name to verify; `None`: each target's host as written.
+    pub server_name: Option<String>,
+    /// A client certificate and key to present to the targets.
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 #[derive(Debug, Clone)]
@@ -500,6 +513,22 @@ struct UpstreamFile {
     max_fails: Option<u32>,
     /// How long a failed target is left out. Default 10s (nginx `fail_timeout`).
     fail_timeout: Option<Dur>,
+    /// Speak TLS to the targets (nginx `proxy_pass https://` with `proxy_ssl_*`).
+    tls: Option<Spanned<UpstreamTlsFile>>,
+}
+
+/// `tls = { ca = "ca.pem", server_name = "api.internal", cert = "c.pem", key = "k.pem" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamTlsFile {
+    /// CA bundle to verify targets against. Default: the bundled Mozilla root CAs.
+    ca: Option<String>,
+    /// Name sent as SNI and verified. Default: each target's host.
+    server_name: Option<String>,
+    /// Client certificate chain (PEM) to present to the targets.
+    cert: Option<String>,
+    /// Its private key (PEM).
+    key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1063,6 +1092,42 @@ fn resolve_upstream(name: &str, raw: Spanned<UpstreamFile>, ck: &mut Checker) ->
     if targets.is_empty() {
         ck.error(targets_span, format!("upstream `{name}` has no targets"));
     }
+    let tls = u.tls.map(|t| {
+        let span = t.span();
+        let t = t.into_inner();
+        let dir = Path::new(ck.file)
+            .parent()
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let ca = t.ca.map(|c| dir.join(c));
+        if let Some(ca) = &ca {
+            if let Err(msg) = crate::tls::load_roots(ca) {
+                ck.error(span.clone(), msg);
+            }
+        }
+        let client_cert = match (t.cert, t.key) {
+            (Some(c), Some(k)) => {
+                let (c, k) = (dir.join(c), dir.join(k));
+                if let Err(msg) = crate::tls::load_certified_key(&c, &k) {
+                    ck.error(span.clone(), msg);
+                }
+                Some((c, k))
+            }
+            (None, None) => None,
+            _ => {
+                ck.error(
+                    span.clone(),
+                    "a client certificate needs both `cert` and `key`",
+                );
+                None
+            }
+        };
+        UpstreamTls {
+            ca,
+            server_name: t.server_name,
+            client_cert,
+        }
+    });
     let d = |v: Option<Dur>, default: u64| v.map_or(Duration::from_secs(default), |d| d.0);
     let up = Upstream {
         name: name.to_string(),
@@ -1074,6 +1139,7 @@ fn resolve_upstream(name: &str, raw: Spanned<UpstreamFile>, ck: &mut Checker) ->
         idle_timeout: d(u.idle_timeout, 60),
         max_fails: u.max_fails.unwrap_or(3),
         fail_timeout: d(u.fail_timeout, 10),
+        tls,
     };
     if up.connect_timeout.is_zero() || up.response_timeout.is_zero() {
         ck.error(
@@ -1314,7 +1380,7 @@ fn resolve_tls(raw: Spanned<TlsFile>, ck: &mut Checker) -> Option<TlsSettings> {
         (None, None) => None,
         (Some(mode @ ("required" | "optional")), Some(ca)) => {
             let ca = dir.join(ca);
-            if let Err(msg) = crate::tls::load_client_roots(&ca) {
+            if let Err(msg) = crate::tls::load_roots(&ca) {
                 ck.error(span.clone(), msg);
                 ok = false;
             }

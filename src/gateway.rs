@@ -77,8 +77,8 @@ impl Gateway {
         let upstreams = config
             .upstreams
             .iter()
-            .map(|u| Arc::new(SharedUpstream::new(u.clone())))
-            .collect();
+            .map(|u| SharedUpstream::new(u.clone()).map(Arc::new))
+            .collect::<Result<_, _>>()?;
         let mut buckets = Vec::new();
         let mut add = |t: &Option<crate::config::Throttle>| {
             t.as_ref().map(|t| {

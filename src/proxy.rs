@@ -18,7 +18,6 @@ use std::rc::Rc;
 use bytes::{Buf, BytesMut};
 use monoio::buf::IoBuf;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
 use monoio::time::{timeout, timeout_at, Instant};
 
 use crate::config::{HttpIntegration, Integration, Route, Upstream};
@@ -31,7 +30,7 @@ use crate::net::read_more;
 use crate::rewrite::{self, ForwardRequest, ForwardResponse};
 use crate::router::RouteMatch;
 use crate::stages::{Outcome, Verdict};
-use crate::upstream::{self, ConnectError, Tried};
+use crate::upstream::{self, ConnectError, Tried, UpstreamStream};
 use crate::worker::Worker;
 
 /// Read size for request and response bodies.
@@ -600,7 +599,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     /// one read at a time, keeping any pipelined bytes that follow it.
     async fn pump_body(
         &mut self,
-        mut upstream: Option<&mut TcpStream>,
+        mut upstream: Option<&mut UpstreamStream>,
         state: &mut BodyState,
         max_body: u64,
     ) -> Result<(), BodyError> {
@@ -665,9 +664,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             let mut conn = match pooled {
                 Some(c) => c,
                 None => {
-                    match upstream::connect(upstream.targets[target].addr, upstream.connect_timeout)
-                        .await
-                    {
+                    match upstream::connect(&worker.gateway.upstreams[group], target).await {
                         Ok(c) => c,
                         Err(e) => {
                             // Nothing was sent: any method may go to another target.
@@ -772,7 +769,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     /// (upstream connection reusable, client connection stays open).
     async fn send_rest_and_relay(
         &mut self,
-        conn: &mut TcpStream,
+        conn: &mut UpstreamStream,
         body: &mut BodyState,
         buffered: usize,
         whole_body_buffered: bool,
@@ -805,7 +802,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     /// Reads the upstream's response and streams it to the client with its own framing.
     async fn relay_response(
         &mut self,
-        conn: &mut TcpStream,
+        conn: &mut UpstreamStream,
         upstream: &Upstream,
     ) -> Result<(bool, bool), RelayError> {
         let wait = upstream.response_timeout;
@@ -870,7 +867,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     /// Writes the response head and streams the body. Consumes the upstream buffer.
     async fn relay_body(
         &mut self,
-        conn: &mut TcpStream,
+        conn: &mut UpstreamStream,
         mut ubuf: BytesMut,
         upstream: &Upstream,
     ) -> Result<(bool, bool), RelayError> {

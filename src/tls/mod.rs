@@ -33,7 +33,10 @@ use rustls::ServerConfig;
 use crate::config::TlsSettings;
 
 /// Reads a certificate chain and its private key from PEM files.
-pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
+pub fn load_chain_and_key(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
     let chain: Vec<CertificateDer<'static>> = {
         let pem =
             std::fs::read(cert).map_err(|e| format!("cannot read {}: {e}", cert.display()))?;
@@ -50,6 +53,12 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, Strin
             .map_err(|e| format!("{}: not a PEM private key: {e}", key.display()))?
             .ok_or_else(|| format!("{}: no private key in it", key.display()))?
     };
+    Ok((chain, key_der))
+}
+
+/// Reads a certificate chain and key, and checks that they belong together.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
+    let (chain, key_der) = load_chain_and_key(cert, key)?;
     let signing_key = any_supported_type(&key_der)
         .map_err(|e| format!("{}: unsupported private key: {e}", key.display()))?;
     let certified = CertifiedKey::new(chain, signing_key);
@@ -59,8 +68,36 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, Strin
     Ok(certified)
 }
 
-/// Reads a PEM bundle of CA certificates to verify client certificates against.
-pub fn load_client_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
+/// The rustls client configuration for an upstream group's TLS.
+pub fn upstream_client_config(
+    tls: &crate::config::UpstreamTls,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let roots = match &tls.ca {
+        Some(ca) => load_roots(ca)?,
+        None => rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        },
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS settings: {e}"))?
+        .with_root_certificates(roots);
+    let mut config = match &tls.client_cert {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let (chain, key) = load_chain_and_key(cert, key)?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("{}: {e}", cert.display()))?
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Reads a PEM bundle of CA certificates (to verify clients, or upstreams, against).
+pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
@@ -238,7 +275,7 @@ fn server_config(
     let builder = match &settings.client_auth {
         None => builder.with_no_client_auth(),
         Some(auth) => {
-            let roots = Arc::new(load_client_roots(&auth.ca)?);
+            let roots = Arc::new(load_roots(&auth.ca)?);
             let verifier =
                 rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider);
             let verifier = if auth.required {

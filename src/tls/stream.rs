@@ -1,4 +1,5 @@
-//! A TLS stream over a monoio `TcpStream`, driven by rustls's `ServerConnection`.
+//! A TLS stream over a monoio `TcpStream`, driven by a rustls connection: the server side
+//! for clients, the client side toward upstreams.
 //!
 //! Every byte read from the socket goes to rustls before the next read, so no ciphertext
 //! is ever stranded in a buffer of our own; the rustls session stays reachable (the peer's
@@ -7,28 +8,54 @@
 //! TLS alert: rustls's errors close the connection after its alert is sent.
 
 use std::io::{self, Read, Write};
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio::BufResult;
-use rustls::{ServerConfig, ServerConnection};
+use rustls::pki_types::ServerName;
+use rustls::{
+    ClientConfig, ClientConnection, ConnectionCommon, ServerConfig, ServerConnection, SideData,
+};
 
 /// Ciphertext read from the socket per read: the largest TLS record and its header.
 const READ_SIZE: usize = 16 * 1024 + 512;
 
-pub struct TlsStream {
+pub struct TlsStream<C = ServerConnection> {
     io: TcpStream,
-    conn: ServerConnection,
+    conn: C,
     incoming: Vec<u8>,
     outgoing: Vec<u8>,
 }
 
-impl TlsStream {
+impl TlsStream<ServerConnection> {
     /// Performs the server side of the handshake.
-    pub async fn accept(io: TcpStream, config: Arc<ServerConfig>) -> io::Result<TlsStream> {
+    pub async fn accept(io: TcpStream, config: Arc<ServerConfig>) -> io::Result<Self> {
         let conn = ServerConnection::new(config).map_err(io::Error::other)?;
+        TlsStream::handshake(io, conn).await
+    }
+}
+
+impl TlsStream<ClientConnection> {
+    /// Performs the client side of the handshake, toward an upstream.
+    pub async fn connect(
+        io: TcpStream,
+        config: Arc<ClientConfig>,
+        name: ServerName<'static>,
+    ) -> io::Result<Self> {
+        let conn = ClientConnection::new(config, name).map_err(io::Error::other)?;
+        TlsStream::handshake(io, conn).await
+    }
+}
+
+impl<C, SD> TlsStream<C>
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
+    SD: SideData,
+{
+    async fn handshake(io: TcpStream, conn: C) -> io::Result<Self> {
         let mut s = TlsStream {
             io,
             conn,
@@ -48,8 +75,13 @@ impl TlsStream {
     }
 
     /// The rustls session: negotiated parameters and the peer's certificates.
-    pub fn session(&self) -> &ServerConnection {
+    pub fn session(&self) -> &C {
         &self.conn
+    }
+
+    /// The TCP connection underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        &self.io
     }
 
     /// Reads ciphertext from the socket and gives all of it to rustls. 0: end of stream.
@@ -114,7 +146,11 @@ impl TlsStream {
     }
 }
 
-impl AsyncReadRent for TlsStream {
+impl<C, SD> AsyncReadRent for TlsStream<C>
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
+    SD: SideData,
+{
     async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
         // SAFETY: the buffer's spare capacity, owned by us until we return it.
         let dst = unsafe { std::slice::from_raw_parts_mut(buf.write_ptr(), buf.bytes_total()) };
@@ -147,7 +183,11 @@ impl AsyncReadRent for TlsStream {
     }
 }
 
-impl AsyncWriteRent for TlsStream {
+impl<C, SD> AsyncWriteRent for TlsStream<C>
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
+    SD: SideData,
+{
     async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         // SAFETY: the buffer's initialised bytes, owned by us until we return it.
         let src = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };

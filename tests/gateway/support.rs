@@ -449,7 +449,7 @@ fn serve_backend(stream: TcpStream, state: &BackendState) {
     }
 }
 
-fn read_head(reader: &mut impl BufRead) -> Option<String> {
+pub fn read_head(reader: &mut impl BufRead) -> Option<String> {
     let mut head = String::new();
     loop {
         let mut line = String::new();

@@ -644,3 +644,198 @@ fn client_certificate_headers_are_never_taken_from_the_client() {
     assert_eq!(seen.header("x-client-cert-subject"), None);
     assert_eq!(seen.header("x-client-cert-verified"), None);
 }
+
+/// An HTTPS origin on a thread: answers `tls-origin <path> client=<yes|no>` with
+/// keep-alive, and counts its connections. With `client_ca`, it demands a client
+/// certificate from that CA.
+struct TlsOrigin {
+    addr: SocketAddr,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn tls_origin(pki: &Pki, client_ca: Option<&TempFile>) -> TlsOrigin {
+    let (cert_pem, key_pem, _) = issue(&pki.issuer, &["backend.internal"]);
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        .unwrap()
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let pem = std::fs::read(&ca.path).unwrap();
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = Arc::new(builder.with_single_cert(chain, key).unwrap());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = connections.clone();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming() {
+            let Ok(tcp) = tcp else { break };
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let Ok(conn) = rustls::ServerConnection::new(config) else {
+                    return;
+                };
+                let mut reader = BufReader::new(StreamOwned::new(conn, tcp));
+                while let Some(head) = read_head(&mut reader) {
+                    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                    let client = reader.get_ref().conn.peer_certificates().is_some();
+                    let body = format!(
+                        "tls-origin {path} client={}",
+                        if client { "yes" } else { "no" }
+                    );
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if reader.get_mut().write_all(response.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    TlsOrigin { addr, connections }
+}
+
+/// A client CA and a client certificate from it, as PEM files: (CA, certificate, key).
+fn client_cert_files() -> (TempFile, TempFile, TempFile) {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Weir upstream-client CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "weir.gateway");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (
+        TempFile::new("pem", ca.pem().as_bytes()),
+        TempFile::new("pem", cert.pem().as_bytes()),
+        TempFile::new("pem", key.serialize_pem().as_bytes()),
+    )
+}
+
+fn gateway_to(origin: SocketAddr, upstream_tls: &str) -> Weir {
+    Weir::start(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream.secure]\ntargets = [\"{origin}\"]\ntls = {{ {upstream_tls} }}\n[[route]]\npath = \"/{{*rest}}\"\nupstream = \"secure\"\n"
+    ))
+}
+
+#[test]
+fn https_upstreams_are_verified_by_name_and_their_connections_reused() {
+    let pki = pki();
+    let origin = tls_origin(&pki, None);
+    let weir = gateway_to(
+        origin.addr,
+        &format!(
+            "ca = \"{}\", server_name = \"backend.internal\"",
+            pki.ca_pem.path.display()
+        ),
+    );
+    let client = crate::support::client();
+    for i in 0..20 {
+        let mut r = client.get(weir.url(&format!("/n/{i}"))).call().unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.body_mut().read_to_string().unwrap(),
+            format!("tls-origin /n/{i} client=no")
+        );
+    }
+    let connections = origin.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        connections <= 2,
+        "{connections} TLS connections for 20 requests"
+    );
+}
+
+#[test]
+fn an_upstream_certificate_that_does_not_verify_is_a_502() {
+    let pki = pki();
+    let origin = tls_origin(&pki, None);
+    // The bundled public roots do not know the test CA; and the right CA with the wrong name.
+    let untrusted = gateway_to(origin.addr, "server_name = \"backend.internal\"");
+    let r = raw(
+        untrusted.addr(),
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 502);
+    let wrong_name = gateway_to(
+        origin.addr,
+        &format!(
+            "ca = \"{}\", server_name = \"other.internal\"",
+            pki.ca_pem.path.display()
+        ),
+    );
+    let r = raw(
+        wrong_name.addr(),
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 502);
+}
+
+#[test]
+fn a_client_certificate_is_presented_to_an_upstream_that_requires_one() {
+    let pki = pki();
+    let (client_ca, cert, key) = client_cert_files();
+    let origin = tls_origin(&pki, Some(&client_ca));
+    let with_cert = gateway_to(
+        origin.addr,
+        &format!(
+            "ca = \"{}\", server_name = \"backend.internal\", cert = \"{}\", key = \"{}\"",
+            pki.ca_pem.path.display(),
+            cert.path.display(),
+            key.path.display()
+        ),
+    );
+    let r = raw(
+        with_cert.addr(),
+        b"GET /m HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(
+        (r.status, r.body_text().as_str()),
+        (200, "tls-origin /m client=yes")
+    );
+    let without = gateway_to(
+        origin.addr,
+        &format!(
+            "ca = \"{}\", server_name = \"backend.internal\"",
+            pki.ca_pem.path.display()
+        ),
+    );
+    let r = raw(
+        without.addr(),
+        b"GET /m HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 502);
+}
