@@ -68,14 +68,22 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, Strin
     Ok(certified)
 }
 
+/// Where Debian-family systems keep their trusted CA bundle.
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// The rustls client configuration for an upstream group's TLS.
 pub fn upstream_client_config(
     tls: &crate::config::UpstreamTls,
 ) -> Result<Arc<rustls::ClientConfig>, String> {
     let roots = match &tls.ca {
         Some(ca) => load_roots(ca)?,
-        None => rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        // The system's CA bundle (Debian, Ubuntu, Alpine); where there is none, the
+        // Mozilla roots built into Weir.
+        None => match load_roots(Path::new(SYSTEM_CA_BUNDLE)) {
+            Ok(roots) => roots,
+            Err(_) => rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            },
         },
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());

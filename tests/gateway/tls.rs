@@ -779,7 +779,7 @@ fn https_upstreams_are_verified_by_name_and_their_connections_reused() {
 fn an_upstream_certificate_that_does_not_verify_is_a_502() {
     let pki = pki();
     let origin = tls_origin(&pki, None);
-    // The bundled public roots do not know the test CA; and the right CA with the wrong name.
+    // The system's roots do not know the test CA; and the right CA with the wrong name.
     let untrusted = gateway_to(origin.addr, "server_name = \"backend.internal\"");
     let r = raw(
         untrusted.addr(),
@@ -838,4 +838,41 @@ fn a_client_certificate_is_presented_to_an_upstream_that_requires_one() {
     )
     .unwrap();
     assert_eq!(r.status, 502);
+}
+
+#[test]
+fn an_rsa_certificate_serves_too() {
+    let dir = std::env::temp_dir().join(format!("weir-rsa-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("rsa.pem"), dir.join("rsa.key"));
+    let (code, _, err) = run(std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=rsa.example",
+            "-addext",
+            "subjectAltName=DNS:rsa.example",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    assert_eq!(code, 0, "{err}");
+    let backend = Backend::start();
+    let weir = Weir::start(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\ntls = {{ certificates = [{{ cert = \"{}\", key = \"{}\" }}] }}\n[upstream.b]\ntargets = [\"{}\"]\n[[route]]\npath = \"/{{*r}}\"\nupstream = \"b\"\n",
+        cert.display(),
+        key.display(),
+        backend.addr
+    ));
+    let port = weir.addr().port();
+    let (code, out, err) = run(std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--cacert"])
+        .arg(&cert)
+        .args(["--resolve", &format!("rsa.example:{port}:127.0.0.1")])
+        .arg(format!("https://rsa.example:{port}/rsa")));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!((code, out.as_str()), (0, "/rsa"), "{err}");
 }
