@@ -481,15 +481,17 @@ fn large_bodies_cross_tls_both_ways_intact() {
         .all(|(i, &b)| b == b'a' + (i % 26) as u8));
 }
 
-/// A CA for client certificates and a client certificate it issued: (CA PEM file,
-/// certificate chain, key).
-fn client_pki(
-    common_name: &str,
-) -> (
-    TempFile,
-    CertificateDer<'static>,
-    rustls::pki_types::PrivateKeyDer<'static>,
-) {
+/// A CA for client certificates and a client certificate it issued, as PEM files and as
+/// rustls values.
+struct ClientCert {
+    ca_pem: TempFile,
+    cert_pem: TempFile,
+    key_pem: TempFile,
+    cert: CertificateDer<'static>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+fn client_cert(common_name: &str) -> ClientCert {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -505,12 +507,13 @@ fn client_pki(
         .push(rcgen::DnType::CommonName, common_name);
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     let cert = params.signed_by(&key, &issuer).unwrap();
-    let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    (
-        TempFile::new("pem", ca.pem().as_bytes()),
-        cert.der().clone(),
-        key_der,
-    )
+    ClientCert {
+        ca_pem: TempFile::new("pem", ca.pem().as_bytes()),
+        cert_pem: TempFile::new("pem", cert.pem().as_bytes()),
+        key_pem: TempFile::new("pem", key.serialize_pem().as_bytes()),
+        cert: cert.der().clone(),
+        key: rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    }
 }
 
 fn client_with_certificate(
@@ -545,8 +548,14 @@ fn https_get_forging(addr: SocketAddr, config: &Arc<ClientConfig>) -> Result<Raw
 #[test]
 fn mutual_tls_required_refuses_untrusted_clients_and_forwards_the_certificate() {
     let pki = pki();
-    let (client_ca, cert, key) = client_pki("client.example");
-    let (_other_ca, rogue_cert, rogue_key) = client_pki("rogue.example");
+    let trusted_client = client_cert("client.example");
+    let rogue_client = client_cert("rogue.example");
+    let (client_ca, cert, key) = (
+        &trusted_client.ca_pem,
+        &trusted_client.cert,
+        &trusted_client.key,
+    );
+    let (rogue_cert, rogue_key) = (&rogue_client.cert, &rogue_client.key);
     let backend = Backend::start();
     let weir = start(
         &pki,
@@ -561,14 +570,14 @@ fn mutual_tls_required_refuses_untrusted_clients_and_forwards_the_certificate() 
         https_get_forging(weir.addr(), &anonymous).is_err(),
         "no certificate, no entry"
     );
-    let rogue = client_with_certificate(&pki, &rogue_cert, &rogue_key);
+    let rogue = client_with_certificate(&pki, rogue_cert, rogue_key);
     assert!(
         https_get_forging(weir.addr(), &rogue).is_err(),
         "an untrusted CA, no entry"
     );
     assert_eq!(backend.requests(), 0);
 
-    let trusted = client_with_certificate(&pki, &cert, &key);
+    let trusted = client_with_certificate(&pki, cert, key);
     let r = https_get_forging(weir.addr(), &trusted).unwrap();
     assert_eq!(r.status, 200);
     let seen = backend.last();
@@ -607,7 +616,7 @@ fn mutual_tls_required_refuses_untrusted_clients_and_forwards_the_certificate() 
 #[test]
 fn mutual_tls_optional_lets_anonymous_clients_in_as_none() {
     let pki = pki();
-    let (client_ca, _, _) = client_pki("client.example");
+    let client_ca = client_cert("client.example").ca_pem;
     let backend = Backend::start();
     let weir = start(
         &pki,
@@ -718,28 +727,10 @@ fn tls_origin(pki: &Pki, client_ca: Option<&TempFile>) -> TlsOrigin {
     TlsOrigin { addr, connections }
 }
 
-/// A client CA and a client certificate from it, as PEM files: (CA, certificate, key).
-fn client_cert_files() -> (TempFile, TempFile, TempFile) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "Weir upstream-client CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "weir.gateway");
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    (
-        TempFile::new("pem", ca.pem().as_bytes()),
-        TempFile::new("pem", cert.pem().as_bytes()),
-        TempFile::new("pem", key.serialize_pem().as_bytes()),
-    )
+/// The response to `GET path` on a fresh connection.
+fn get_once(weir: &Weir, path: &str) -> RawResponse {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    raw(weir.addr(), request.as_bytes()).unwrap()
 }
 
 fn gateway_to(origin: SocketAddr, upstream_tls: &str) -> Weir {
@@ -781,11 +772,7 @@ fn an_upstream_certificate_that_does_not_verify_is_a_502() {
     let origin = tls_origin(&pki, None);
     // The system's roots do not know the test CA; and the right CA with the wrong name.
     let untrusted = gateway_to(origin.addr, "server_name = \"backend.internal\"");
-    let r = raw(
-        untrusted.addr(),
-        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
+    let r = get_once(&untrusted, "/");
     assert_eq!(r.status, 502);
     let wrong_name = gateway_to(
         origin.addr,
@@ -794,19 +781,16 @@ fn an_upstream_certificate_that_does_not_verify_is_a_502() {
             pki.ca_pem.path.display()
         ),
     );
-    let r = raw(
-        wrong_name.addr(),
-        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
+    let r = get_once(&wrong_name, "/");
     assert_eq!(r.status, 502);
 }
 
 #[test]
 fn a_client_certificate_is_presented_to_an_upstream_that_requires_one() {
     let pki = pki();
-    let (client_ca, cert, key) = client_cert_files();
-    let origin = tls_origin(&pki, Some(&client_ca));
+    let gateway_cert = client_cert("weir.gateway");
+    let origin = tls_origin(&pki, Some(&gateway_cert.ca_pem));
+    let (cert, key) = (&gateway_cert.cert_pem, &gateway_cert.key_pem);
     let with_cert = gateway_to(
         origin.addr,
         &format!(
@@ -816,11 +800,7 @@ fn a_client_certificate_is_presented_to_an_upstream_that_requires_one() {
             key.path.display()
         ),
     );
-    let r = raw(
-        with_cert.addr(),
-        b"GET /m HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
+    let r = get_once(&with_cert, "/m");
     assert_eq!(
         (r.status, r.body_text().as_str()),
         (200, "tls-origin /m client=yes")
@@ -832,11 +812,7 @@ fn a_client_certificate_is_presented_to_an_upstream_that_requires_one() {
             pki.ca_pem.path.display()
         ),
     );
-    let r = raw(
-        without.addr(),
-        b"GET /m HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
+    let r = get_once(&without, "/m");
     assert_eq!(r.status, 502);
 }
 
