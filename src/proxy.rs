@@ -60,9 +60,6 @@ struct RequestFacts {
     keep_alive: bool,
     idempotent: bool,
     expect_continue: bool,
-    /// The API key the request was authorized with (an index into `Config::api_keys`),
-    /// for later stages and access logs. The key's `id` may be shown; its value never.
-    api_key: Option<usize>,
 }
 
 /// Where the request body stands.
@@ -306,7 +303,6 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             keep_alive: head.keep_alive,
             idempotent: head.is_idempotent(buf),
             expect_continue: head.expect_continue,
-            api_key: None,
         };
         self.sent_continue = false;
         self.new_request_id(true);
@@ -343,7 +339,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             route: route_id,
         };
         match crate::stages::run(gateway, &worker.leases, &request, &mut self.stages) {
-            Verdict::Proceed => self.facts.api_key = self.stages.api_key,
+            Verdict::Proceed => {}
             Verdict::Forbidden => return self.respond_error(403, None).await,
             Verdict::Throttled { bucket, wait_nanos } => {
                 return self.respond_throttled(bucket, wait_nanos).await

@@ -175,10 +175,6 @@ impl QuotaCounter {
         }
     }
 
-    fn snapshot(&self) -> (u32, u64) {
-        unpack(self.state.load(Ordering::Relaxed))
-    }
-
     /// Restores a stored count (at start-up), keeping whichever is newer.
     fn restore(&self, period: u32, count: u64) {
         let _ = self
@@ -259,7 +255,7 @@ impl Persister {
             .spawn(move || {
                 let mut last: Vec<u64> = counters
                     .iter()
-                    .map(|c| pack(c.snapshot().0, c.snapshot().1))
+                    .map(|c| c.state.load(Ordering::Relaxed))
                     .collect();
                 let mut stopping = false;
                 while !stopping {

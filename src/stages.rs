@@ -40,7 +40,8 @@ pub struct Request<'a> {
     pub route: usize,
 }
 
-/// What the stages leave for the response: the authorized key and header lines to add.
+/// What the stages leave for the rest of the request: the authorized key (an index into
+/// `Config::api_keys`; its `id` may be logged, its value never) and header lines to add.
 #[derive(Default)]
 pub struct Outcome {
     pub api_key: Option<usize>,

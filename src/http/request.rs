@@ -183,7 +183,12 @@ pub fn parse_request(
                 if !v.iter().all(|&b| is_host_byte(b)) {
                     return Err(bad("invalid Host"));
                 }
-                head.host = Span::within(buf, v).max_or_empty(value);
+                // An empty value has no position of its own: point at the raw value.
+                head.host = if v.is_empty() {
+                    Span::new(value.start as usize, value.start as usize)
+                } else {
+                    Span::within(buf, v)
+                };
             }
             HeaderKind::ContentLength => {
                 cl_count += 1;
@@ -383,21 +388,6 @@ fn has_dot_segment(path: &[u8]) -> bool {
         }
         dots == 1 || dots == 2
     })
-}
-
-trait SpanExt {
-    fn max_or_empty(self, fallback: Span) -> Span;
-}
-
-impl SpanExt for Span {
-    /// An empty trimmed value has no meaningful position; point at the raw value instead.
-    fn max_or_empty(self, fallback: Span) -> Span {
-        if self.is_empty() {
-            Span::new(fallback.start as usize, fallback.start as usize)
-        } else {
-            self
-        }
-    }
 }
 
 #[cfg(test)]

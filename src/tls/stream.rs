@@ -170,14 +170,10 @@ where
         };
         let dst =
             unsafe { std::slice::from_raw_parts_mut(first.iov_base.cast::<u8>(), first.iov_len) };
-        let before: usize = iovecs
-            .iter()
-            .take_while(|v| v.iov_base != first.iov_base)
-            .map(|v| v.iov_len)
-            .sum();
         let res = self.read_plain(dst).await;
+        // The slices before `first` are empty, so `n` bytes in are `n` bytes of the whole.
         if let Ok(n) = res {
-            unsafe { buf.set_init(before + n) };
+            unsafe { buf.set_init(n) };
         }
         (res, buf)
     }
