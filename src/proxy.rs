@@ -195,9 +195,11 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         self.release_idle_buffers();
     }
 
-    /// Between requests a connection keeps only its small read buffer: the write and
-    /// upstream buffers go back to the worker, and a read buffer that grew for a large
-    /// head or body is swapped for a small one. An idle connection then costs about
+    /// Between requests a connection keeps only its read buffer: the write and upstream
+    /// buffers go back to the worker. The read buffer stays as large as this client's heads
+    /// need (1 KiB for most, more for heads with big cookies), so the next request reads
+    /// into it without allocating; only one that grew past the pooled size (a body went
+    /// through it) is swapped back for a small one. An idle connection then costs about
     /// [`crate::worker::HEAD_BUFFER`] plus its task.
     fn release_idle_buffers(&mut self) {
         if self.out.capacity() > 0 {
@@ -206,7 +208,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         if self.ubuf.capacity() > 0 {
             self.worker.give_read_buffer(std::mem::take(&mut self.ubuf));
         }
-        if self.buf.is_empty() && self.buf.capacity() > crate::worker::HEAD_BUFFER {
+        // `capacity()` counts from the read position only; `try_reclaim` asks (without
+        // allocating) whether the allocation underneath is larger than the pooled size.
+        if self.buf.is_empty() && self.buf.try_reclaim(crate::worker::READ_BUFFER + 1) {
             let big = std::mem::replace(&mut self.buf, self.worker.head_buffer());
             self.worker.give_read_buffer(big);
         }
