@@ -261,6 +261,14 @@ nginx_tls_server() {
         ssl_protocols TLSv1.2 TLSv1.3;
         ssl_session_cache shared:SSL:10m;
         keepalive_requests 100000;
+$(nginx_proxy_location)
+    }
+EOF
+}
+
+# nginx_proxy_location: the one location both nginx proxy servers (plain and TLS) use.
+nginx_proxy_location() {
+  cat <<EOF
         location / {
             proxy_pass http://origin;
             proxy_http_version 1.1;
@@ -268,7 +276,6 @@ nginx_tls_server() {
             proxy_request_buffering ${NGINX_REQUEST_BUFFERING:-off};  # nginx default: on
             ${NGINX_PROXY_EXTRA:-}
         }
-    }
 EOF
 }
 
@@ -361,13 +368,7 @@ $(nginx_temp_paths proxy)
     }
     server {
         listen 127.0.0.1:$NGINX_PORT backlog=4096;
-        location / {
-            proxy_pass http://origin;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_request_buffering ${NGINX_REQUEST_BUFFERING:-off};  # nginx default: on
-            ${NGINX_PROXY_EXTRA:-}
-        }
+$(nginx_proxy_location)
     }
 $(nginx_tls_server)
 }
