@@ -155,6 +155,8 @@ fn rewrite(c: &mut Criterion) {
                         request_id: b"4bfc0f83cc59cd7a0000000000000001",
                         proto: b"http",
                         extra: b"",
+                        drop_conditionals: false,
+                        validators: b"",
                     },
                 );
                 black_box(&out);
@@ -176,6 +178,7 @@ fn rewrite(c: &mut Criterion) {
                     keep_alive_10: false,
                     chunked: false,
                     extra: b"",
+                    cache: b"",
                 },
             );
             black_box(&out);

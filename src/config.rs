@@ -38,6 +38,8 @@ pub struct Config {
     pub usage_plans: Vec<UsagePlan>,
     /// Where quota counts are kept (only used when a plan has a quota).
     pub quota_store: std::path::PathBuf,
+    /// `[cache] memory`: bytes all response-cache shards may hold together.
+    pub cache_memory: u64,
     pub listeners: Vec<Listener>,
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
@@ -244,6 +246,53 @@ pub struct Route {
     pub name: Option<String>,
     /// Requests need a valid API key (403 otherwise, before any other work).
     pub api_key_required: bool,
+    /// The response cache for this route, if it has one.
+    pub cache: Option<RouteCache>,
+}
+
+/// A route's response cache (`cache = { ... }` on an upstream route).
+#[derive(Debug, Clone)]
+pub struct RouteCache {
+    /// Freshness when the origin gives none (or when `honor_origin` is off).
+    pub ttl: Duration,
+    /// Largest response (head and body) stored.
+    pub max_entry: u64,
+    /// Methods answered from the cache, upper-case. `HEAD` is answered from `GET` entries.
+    pub methods: Vec<String>,
+    pub query: QueryKey,
+    /// Lower-case request header names that are part of the key.
+    pub key_headers: Vec<String>,
+    /// Follow the origin's `Cache-Control` and `Expires`.
+    pub honor_origin: bool,
+    /// Store responses that carry `Set-Cookie`.
+    pub set_cookie: bool,
+    /// Who may force a refresh with `Cache-Control: max-age=0` (or `no-cache`).
+    pub invalidate: Invalidate,
+    /// Serve a stale entry this long past expiry when the upstream fails, even if the
+    /// origin did not say `stale-if-error`.
+    pub stale_if_error: Duration,
+    /// How long a request waits for another one already fetching the same key.
+    pub lock_timeout: Duration,
+}
+
+/// How the query string enters the cache key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryKey {
+    /// As sent.
+    All,
+    /// Not at all: `/a?x=1` and `/a?y=2` share an entry.
+    Ignore,
+    /// Parameters sorted, so `?b=2&a=1` and `?a=1&b=2` share an entry.
+    Sorted,
+}
+
+/// Who may refresh a cached entry with a request header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalidate {
+    Never,
+    Anyone,
+    /// Only requests with a valid API key (API Gateway's "require authorization").
+    ApiKey,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -311,6 +360,8 @@ struct ConfigFile {
     usage_plan: Vec<Spanned<UsagePlanFile>>,
     #[serde(default)]
     quotas: Option<Spanned<QuotasFile>>,
+    #[serde(default)]
+    cache: Option<Spanned<CacheFile>>,
     #[serde(default)]
     listener: Vec<Spanned<ListenerFile>>,
     #[serde(default)]
@@ -448,6 +499,41 @@ struct QuotasFile {
     store: Option<String>,
 }
 
+/// `[cache]`: process-wide response-cache settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CacheFile {
+    /// Bytes all cache shards hold together, split evenly among the workers. Default 64m.
+    memory: Option<Size>,
+}
+
+/// `cache = { ttl = "300s", ... }` on a route: its response cache.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteCacheFile {
+    /// Default freshness. Default 300s, at most 3600s (API Gateway's limits).
+    ttl: Option<Dur>,
+    /// Largest response stored. Default 1m, at most 64m.
+    max_entry: Option<Size>,
+    /// Methods answered from the cache. Default `["GET", "HEAD"]`.
+    methods: Option<Vec<String>>,
+    /// `"all"` (default), `"ignore"` or `"sorted"`.
+    query: Option<String>,
+    /// Request headers that are part of the key, e.g. `["accept-language"]`.
+    key_headers: Option<Vec<String>>,
+    /// Follow the origin's `Cache-Control` and `Expires`. Default true.
+    honor_origin: Option<bool>,
+    /// Store responses that set cookies. Default false.
+    set_cookie: Option<bool>,
+    /// `"never"` (default), `"anyone"` or `"api_key"`: who may refresh an entry with
+    /// `Cache-Control: max-age=0`.
+    invalidate: Option<String>,
+    /// Serve stale entries this long when the upstream fails. Default 0s.
+    stale_if_error: Option<Dur>,
+    /// Longest wait for a concurrent fetch of the same key. Default 5s.
+    lock_timeout: Option<Dur>,
+}
+
 /// `quota = { limit = 1000, period = "DAY" }`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -579,6 +665,8 @@ struct RouteFile {
     name: Option<Spanned<String>>,
     /// Require a valid API key: 403 otherwise.
     api_key_required: Option<bool>,
+    /// Cache responses (upstream routes only).
+    cache: Option<Spanned<RouteCacheFile>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -932,6 +1020,10 @@ fn resolve(raw: ConfigFile, ck: &mut Checker) -> Option<Config> {
         .filter_map(|p| resolve_usage_plan(p, &api_keys, &listeners, &routes, ck))
         .collect::<Vec<_>>();
     check_one_plan_per_key_and_route(&usage_plans, &api_keys, &routes, ck);
+    let cache_memory = raw
+        .cache
+        .and_then(|c| c.into_inner().memory)
+        .map_or(64 << 20, |s| s.0);
     let config_dir = Path::new(ck.file).parent().unwrap_or(Path::new("."));
     let quota_store = config_dir.join(
         raw.quotas
@@ -963,6 +1055,7 @@ fn resolve(raw: ConfigFile, ck: &mut Checker) -> Option<Config> {
         api_keys,
         usage_plans,
         quota_store,
+        cache_memory,
         listeners,
         upstreams,
         routes,
@@ -1318,6 +1411,17 @@ fn resolve_route(
         (resolve_throttle(t, "client", false, ck), clients)
     });
     let name = r.name.as_ref().map(|n| n.get_ref().clone());
+    let cache = match r.cache {
+        Some(c) if matches!(integration, Integration::Mock(_)) => {
+            ck.error(
+                c.span(),
+                "`cache` applies to upstream routes: a mock is already as fast as a hit",
+            );
+            None
+        }
+        Some(c) => resolve_route_cache(c, ck),
+        None => None,
+    };
     if !ok {
         return None;
     }
@@ -1334,6 +1438,96 @@ fn resolve_route(
         rate_limit_headers,
         name,
         api_key_required: r.api_key_required.unwrap_or(false),
+        cache,
+    })
+}
+
+fn resolve_route_cache(raw: Spanned<RouteCacheFile>, ck: &mut Checker) -> Option<RouteCache> {
+    let span = raw.span();
+    let c = raw.into_inner();
+    let errors = ck.errors.len();
+    let ttl = c.ttl.map_or(Duration::from_secs(300), |d| d.0);
+    if ttl.is_zero() || ttl > Duration::from_secs(3600) {
+        ck.error(span.clone(), "cache ttl must be from 1s to 3600s");
+    }
+    let max_entry = c.max_entry.map_or(1 << 20, |s| s.0);
+    if !(1..=64 << 20).contains(&max_entry) {
+        ck.error(span.clone(), "cache max_entry must be from 1 byte to 64m");
+    }
+    let methods: Vec<String> = c
+        .methods
+        .unwrap_or_else(|| vec!["GET".into(), "HEAD".into()])
+        .into_iter()
+        .map(|m| m.to_ascii_uppercase())
+        .collect();
+    if methods.is_empty() {
+        ck.error(
+            span.clone(),
+            "cache methods is empty: leave `cache` out instead",
+        );
+    }
+    for m in &methods {
+        if m.is_empty() || !m.bytes().all(is_tchar) {
+            ck.error(span.clone(), format!("`{m}` is not a valid HTTP method"));
+        } else if matches!(m.as_str(), "POST" | "PUT" | "PATCH" | "DELETE") {
+            ck.error(
+                span.clone(),
+                format!(
+                    "{m} changes the resource: it invalidates cached entries, it is never cached"
+                ),
+            );
+        }
+    }
+    let query = match c.query.as_deref() {
+        None | Some("all") => QueryKey::All,
+        Some("ignore") => QueryKey::Ignore,
+        Some("sorted") => QueryKey::Sorted,
+        Some(other) => {
+            ck.error(
+                span.clone(),
+                format!("query = \"{other}\": use \"all\", \"ignore\" or \"sorted\""),
+            );
+            QueryKey::All
+        }
+    };
+    let key_headers: Vec<String> = c
+        .key_headers
+        .unwrap_or_default()
+        .into_iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    for h in &key_headers {
+        if h.is_empty() || !h.bytes().all(is_tchar) {
+            ck.error(span.clone(), format!("`{h}` is not a valid header name"));
+        }
+    }
+    let invalidate = match c.invalidate.as_deref() {
+        None | Some("never") => Invalidate::Never,
+        Some("anyone") => Invalidate::Anyone,
+        Some("api_key") => Invalidate::ApiKey,
+        Some(other) => {
+            ck.error(
+                span.clone(),
+                format!("invalidate = \"{other}\": use \"never\", \"anyone\" or \"api_key\""),
+            );
+            Invalidate::Never
+        }
+    };
+    let lock_timeout = c.lock_timeout.map_or(Duration::from_secs(5), |d| d.0);
+    if lock_timeout.is_zero() {
+        ck.error(span, "cache lock_timeout must be more than zero");
+    }
+    (ck.errors.len() == errors).then(|| RouteCache {
+        ttl,
+        max_entry,
+        methods,
+        query,
+        key_headers,
+        honor_origin: c.honor_origin.unwrap_or(true),
+        set_cookie: c.set_cookie.unwrap_or(false),
+        invalidate,
+        stale_if_error: c.stale_if_error.map_or(Duration::ZERO, |d| d.0),
+        lock_timeout,
     })
 }
 

@@ -35,6 +35,12 @@ pub struct Gateway {
     /// For each listener and route, the buckets a request passes, in order: route,
     /// listener, global (API Gateway's method, stage, account order).
     pub chains: Vec<Vec<Box<[usize]>>>,
+    /// Carries cache purges and invalidations to every worker's shard.
+    pub cache_bus: crate::cache::Bus,
+    /// Whether any route caches (else unsafe methods need not invalidate anything).
+    pub caching: bool,
+    /// How many workers share this gateway.
+    pub workers: usize,
 }
 
 impl Gateway {
@@ -55,7 +61,7 @@ impl Gateway {
             .collect()
     }
 
-    pub fn new(config: Config) -> Result<Gateway, String> {
+    pub fn new(config: Config, workers: usize) -> Result<Gateway, String> {
         let routers = (0..config.listeners.len())
             .map(|i| {
                 Router::build(&config.routes, i).map_err(|errs| {
@@ -123,7 +129,11 @@ impl Gateway {
             .collect();
         let mut quotas = Vec::new();
         let keys = KeyTable::build(&config, &mut buckets, &mut quotas);
+        let caching = config.routes.iter().any(|r| r.cache.is_some());
         Ok(Gateway {
+            cache_bus: crate::cache::Bus::new(workers),
+            caching,
+            workers,
             config,
             routers,
             mocks,

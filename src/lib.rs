@@ -5,12 +5,14 @@
 //! - [`server`]: binds listeners, starts one pinned [`worker`] per core, handles signals;
 //! - [`worker`]: per-core state and accept loops; each connection goes to [`proxy`];
 //! - [`proxy`]: the request path: read a head ([`http`]), route it ([`router`]), run the
-//!   route's [`stages`] (authorize: [`auth`]; throttle: [`limit`], [`quota`]), integrate (mock, or an [`upstream`] with
-//!   [`rewrite`]n headers), respond.
+//!   route's [`stages`] (authorize: [`auth`]; throttle: [`limit`], [`quota`]), answer from
+//!   the response [`cache`] or integrate (mock, or an [`upstream`] with [`rewrite`]n
+//!   headers), respond.
 //!
 //! [`config`] reads and checks the file once; [`gateway`] compiles it into what workers share.
 
 pub mod auth;
+pub mod cache;
 pub mod calendar;
 pub mod config;
 pub mod gateway;

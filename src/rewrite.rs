@@ -27,6 +27,10 @@ pub struct ForwardRequest<'a> {
     /// Header lines Weir adds about the connection (the client certificate), each ending
     /// in CRLF.
     pub extra: &'a [u8],
+    /// The cache fetches for itself: drop the client's conditional headers (and send
+    /// `validators`, the cache's own, if any).
+    pub drop_conditionals: bool,
+    pub validators: &'a [u8],
 }
 
 /// Appends the request head to send upstream.
@@ -39,11 +43,10 @@ pub fn request_head(out: &mut Vec<u8>, f: &ForwardRequest) {
         buf,
         &head.headers,
         head.connection_names_headers,
-        |k| {
-            matches!(
-                k,
-                HeaderKind::Other | HeaderKind::ContentLength | HeaderKind::TransferEncoding
-            )
+        |k| match k {
+            HeaderKind::Other | HeaderKind::ContentLength | HeaderKind::TransferEncoding => true,
+            HeaderKind::Conditional => !f.drop_conditionals,
+            _ => false,
         },
     );
 
@@ -77,6 +80,7 @@ pub fn request_head(out: &mut Vec<u8>, f: &ForwardRequest) {
     out.extend_from_slice(f.request_id);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(f.extra);
+    out.extend_from_slice(f.validators);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -128,6 +132,8 @@ pub struct ForwardResponse<'a> {
     pub chunked: bool,
     /// Header lines a stage added (each ending in CRLF), e.g. RateLimit fields.
     pub extra: &'a [u8],
+    /// The `X-Cache` line, on cached routes.
+    pub cache: &'a [u8],
 }
 
 /// Appends the response head to send to the client.
@@ -143,6 +149,7 @@ pub fn response_head(out: &mut Vec<u8>, ubuf: &[u8], head: &ResponseHead, f: &Fo
         |k| !matches!(k, HeaderKind::Connection | HeaderKind::HopByHop),
     );
     out.extend_from_slice(f.extra);
+    out.extend_from_slice(f.cache);
     if !head.has_request_id {
         out.extend_from_slice(b"x-request-id: ");
         out.extend_from_slice(f.request_id);
@@ -253,6 +260,8 @@ mod tests {
                 request_id: b"rid",
                 proto: b"http",
                 extra: b"",
+                drop_conditionals: false,
+                validators: b"",
             },
         );
         String::from_utf8(out).unwrap()
@@ -309,6 +318,7 @@ mod tests {
                 keep_alive_10: false,
                 chunked: false,
                 extra: b"",
+                cache: b"",
             },
         );
         assert_eq!(

@@ -101,7 +101,7 @@ pub fn start(config: Config) -> Result<Running, String> {
         addresses.push((l.name.clone(), addr));
     }
 
-    let gateway = Arc::new(Gateway::new(config)?);
+    let gateway = Arc::new(Gateway::new(config, workers)?);
     let quota_store = if gateway.quotas.is_empty() {
         None
     } else {

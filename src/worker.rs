@@ -1,7 +1,7 @@
 //! One worker: the state a core owns, its accept loops, and its drain on shutdown.
 //!
 //! Owns: everything per core ([`Worker`]): upstream pools, reusable buffers, the request-id
-//! sequence, the cached `Date`, the in-flight count. It is passed down explicitly to each
+//! sequence, the cached `Date`, the in-flight count, its response-cache shard. It is passed down explicitly to each
 //! connection task as an `Rc`; there are no hidden globals.
 //!
 //! Must not: be shared with another thread (it is `!Send` by construction), or block its
@@ -38,6 +38,8 @@ pub struct Worker {
     pub pools: RefCell<Pools>,
     /// This worker's leased tokens of every throttle bucket.
     pub leases: Leases,
+    /// This worker's share of the response cache.
+    pub cache: RefCell<crate::cache::Shard>,
     read_buffers: RefCell<Vec<BytesMut>>,
     write_buffers: RefCell<Vec<Vec<u8>>>,
     date: RefCell<DateCache>,
@@ -52,11 +54,13 @@ impl Worker {
     pub fn new(id: usize, gateway: Arc<Gateway>, seed: u64, workers: usize) -> Worker {
         let pools = Pools::new(&gateway.upstreams);
         let leases = Leases::new(gateway.buckets.len(), workers as u32);
+        let cache_share = gateway.config.cache_memory / workers.max(1) as u64;
         Worker {
             id,
             gateway,
             pools: RefCell::new(pools),
             leases,
+            cache: RefCell::new(crate::cache::Shard::new(cache_share)),
             read_buffers: RefCell::default(),
             write_buffers: RefCell::default(),
             date: RefCell::default(),

@@ -201,6 +201,27 @@ impl ChunkedDecoder {
     }
 }
 
+/// Appends the data of a chunked body that [`ChunkedDecoder`] has already validated,
+/// without its framing (chunk sizes, extensions, trailers). `None` if it is not one.
+pub fn dechunk(mut raw: &[u8], out: &mut Vec<u8>) -> Option<()> {
+    loop {
+        let line_end = raw.windows(2).position(|w| w == b"\r\n")?;
+        let size_end = raw[..line_end]
+            .iter()
+            .position(|&b| b == b';')
+            .unwrap_or(line_end);
+        let size = raw[..size_end].iter().try_fold(0usize, |acc, &b| {
+            Some(acc.checked_mul(16)? + usize::from(hex_value(b)?))
+        })?;
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return Some(());
+        }
+        out.extend_from_slice(raw.get(..size)?);
+        raw = raw.get(size + 2..)?;
+    }
+}
+
 fn hex_value(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
@@ -251,6 +272,16 @@ mod tests {
             assert_eq!(a + b, body.len());
             assert!(d.is_done());
         }
+    }
+
+    #[test]
+    fn dechunk_keeps_only_the_data() {
+        let mut out = Vec::new();
+        let raw = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nx-trailer: yes\r\n\r\n";
+        assert_eq!(whole(raw).unwrap().0, raw.len());
+        dechunk(raw, &mut out).unwrap();
+        assert_eq!(out, b"hello, world");
+        assert!(dechunk(b"5\r\nhel", &mut Vec::new()).is_none());
     }
 
     #[test]

@@ -75,6 +75,9 @@ pub enum HeaderKind {
     /// `X-Client-Cert-*`: written by Weir from a verified client certificate, never taken
     /// from the client.
     ClientCert,
+    /// `If-None-Match`, `If-Modified-Since`: dropped when the cache fetches a full response
+    /// or sends its own validators.
+    Conditional,
 }
 
 /// One header line of a parsed head.
@@ -109,11 +112,13 @@ pub fn classify(name: &[u8]) -> HeaderKind {
         10 if eq(b"connection") => HeaderKind::Connection,
         10 if eq(b"keep-alive") => HeaderKind::HopByHop,
         12 if eq(b"x-request-id") => HeaderKind::XRequestId,
+        13 if eq(b"if-none-match") => HeaderKind::Conditional,
         14 if eq(b"content-length") => HeaderKind::ContentLength,
         15 if eq(b"x-forwarded-for") => HeaderKind::XForwardedFor,
         16 if eq(b"x-forwarded-host") => HeaderKind::XForwardedHost,
         17 if eq(b"transfer-encoding") => HeaderKind::TransferEncoding,
         17 if eq(b"x-forwarded-proto") => HeaderKind::XForwardedProto,
+        17 if eq(b"if-modified-since") => HeaderKind::Conditional,
         n if n > 6 && name[..6].eq_ignore_ascii_case(b"proxy-") => HeaderKind::HopByHop,
         n if n > 14 && name[..14].eq_ignore_ascii_case(b"x-client-cert-") => HeaderKind::ClientCert,
         _ => HeaderKind::Other,

@@ -16,6 +16,7 @@ pub fn push_u64(out: &mut Vec<u8>, n: u64) {
 
 /// What every response Weir writes ends its head with.
 pub struct Trailer<'a> {
+    /// Empty: write no `Date` (the head has one).
     pub date: &'a [u8],
     pub request_id: &'a [u8],
     /// Tell the client the connection closes after this response.
@@ -29,9 +30,13 @@ pub struct Trailer<'a> {
 impl Trailer<'_> {
     pub fn write(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(self.extra);
-        out.extend_from_slice(b"date: ");
-        out.extend_from_slice(self.date);
-        out.extend_from_slice(b"\r\nx-request-id: ");
+        // A stored response carries its origin's Date: none is added then.
+        if !self.date.is_empty() {
+            out.extend_from_slice(b"date: ");
+            out.extend_from_slice(self.date);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"x-request-id: ");
         out.extend_from_slice(self.request_id);
         if self.close {
             out.extend_from_slice(b"\r\nconnection: close");

@@ -2,8 +2,8 @@
 //!
 //! 1. **read** a request head into the connection's reused buffer ([`Connection::read_head`]);
 //! 2. **route** it by host, path and method ([`crate::router`]);
-//! 3. run the route's **stages** in order: authorize, throttle, cache (later issues hook in
-//!    at the marked place in [`Connection::handle`]);
+//! 3. run the route's **stages** in order: authorize, throttle ([`crate::stages`]), then
+//!    the response cache ([`cached`]), which may answer on its own;
 //! 4. **integrate**: a mock response, or the upstream ([`Connection::proxy`]);
 //! 5. **respond**, then loop for the next request on the connection (keep-alive, pipelining).
 //!
@@ -32,6 +32,9 @@ use crate::router::RouteMatch;
 use crate::stages::{Outcome, Verdict};
 use crate::upstream::{self, ConnectError, Tried, UpstreamStream};
 use crate::worker::Worker;
+use cached::{CacheRequest, OnResponse};
+
+mod cached;
 
 /// Read size for request and response bodies.
 const BODY_CHUNK: usize = 32 * 1024;
@@ -149,6 +152,8 @@ struct Connection<S> {
     stages: Outcome,
     /// `x-client-cert-*` lines from the TLS handshake, forwarded with every request.
     client_cert: Vec<u8>,
+    /// The response cache's part in the current request.
+    cache: CacheRequest,
 }
 
 impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
@@ -187,6 +192,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             sent_continue: false,
             stages: Outcome::default(),
             client_cert: Vec::new(),
+            cache: CacheRequest::default(),
         }
     }
 
@@ -300,14 +306,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         self.ensure_write_buffer();
         let worker = self.worker.clone();
         let gateway = &*worker.gateway;
-        let (buf, head) = (&self.buf[..], &self.head);
-        self.facts = RequestFacts {
-            is_head: head.is_head(buf),
-            http10: head.minor_version == 0,
-            keep_alive: head.keep_alive,
-            idempotent: head.is_idempotent(buf),
-            expect_continue: head.expect_continue,
-        };
+        self.set_facts();
         self.sent_continue = false;
         self.new_request_id(true);
         if let Some(port) = gateway.config.listeners[self.listener].redirect_https {
@@ -373,8 +372,43 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 mock.write(&mut self.out, self.facts.is_head, &trailer);
                 self.flush_to_client().await.is_ok() && !close
             }
-            Integration::Http(integration) => self.proxy(route, integration).await,
+            Integration::Http(integration) => {
+                if let Some(rc) = &route.cache {
+                    if let Some(keep) = self.cache_stage(route_id, rc).await {
+                        self.cache.finish();
+                        return keep;
+                    }
+                } else if gateway.caching && !self.facts.idempotent {
+                    // An unsafe method: a success invalidates what the cache holds for the URI.
+                    let scratch = &mut self.cache.key.bytes;
+                    let hashes = crate::cache::invalidation_hashes(&self.buf, &self.head, scratch);
+                    self.cache.invalidates = Some(hashes);
+                }
+                let keep = self.proxy(route, integration).await;
+                self.cache.finish();
+                keep
+            }
         }
+    }
+
+    /// The upstream failed with `status`: a stale cached response if the rules allow one,
+    /// else the error (and a close).
+    async fn fail(&mut self, status: u16, consume: bool) -> bool {
+        match self.serve_stale_on_error(consume).await {
+            Some(keep) => keep,
+            None => self.write_error(status, None, true).await,
+        }
+    }
+
+    fn set_facts(&mut self) {
+        let (buf, head) = (&self.buf[..], &self.head);
+        self.facts = RequestFacts {
+            is_head: head.is_head(buf),
+            http10: head.minor_version == 0,
+            keep_alive: head.keep_alive,
+            idempotent: head.is_idempotent(buf),
+            expect_continue: head.expect_continue,
+        };
     }
 
     /// Whether the connection may carry another request after this one.
@@ -653,7 +687,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         loop {
             let picked = worker.pools.borrow_mut().groups[group].pick(tried);
             let Some(target) = picked else {
-                return self.write_error(failure, None, true).await;
+                return self.fail(failure, true).await;
             };
             let pooled = if fresh_only {
                 None
@@ -694,6 +728,8 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     request_id: &self.request_id[..self.request_id_len],
                     proto: self.proto,
                     extra: &self.client_cert,
+                    drop_conditionals: self.cache.store,
+                    validators: &self.cache.validators,
                 },
             );
             out.extend_from_slice(&self.buf[self.head.len..self.head.len + buffered]);
@@ -750,15 +786,15 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                         failure = 502;
                         continue;
                     }
-                    return self.write_error(502, None, true).await;
+                    return self.fail(502, whole_body_buffered).await;
                 }
                 Err(Failure::Relay(RelayError::Timeout)) => {
                     health[target].failure(upstream);
-                    return self.write_error(504, None, true).await;
+                    return self.fail(504, whole_body_buffered).await;
                 }
                 Err(Failure::Relay(RelayError::BadHead)) => {
                     health[target].failure(upstream);
-                    return self.write_error(502, None, true).await;
+                    return self.fail(502, whole_body_buffered).await;
                 }
                 Err(Failure::Relay(RelayError::Broken)) => return false,
             }
@@ -856,6 +892,14 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                         }
                     }
                     Ok(true) => {
+                        if let OnResponse::Serve(stored, status, reusable) =
+                            self.cache_on_response(&ubuf)
+                        {
+                            ubuf.clear();
+                            self.ubuf = ubuf;
+                            let keep = self.serve_stored(&stored, status, false, false).await;
+                            return Ok((reusable, keep));
+                        }
                         let result = self.relay_body(conn, ubuf, upstream).await;
                         return result;
                     }
@@ -889,6 +933,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 keep_alive_10: self.facts.http10 && !close,
                 chunked: rechunk,
                 extra: &self.stages.headers,
+                cache: self.cache.status.map_or(&b""[..], |s| s.header()),
             },
         );
         ubuf.advance(self.response.len);
@@ -930,6 +975,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     _ => ubuf.len(),
                 }
             };
+            if self.cache.capture.is_some() {
+                self.capture(&ubuf[..take]);
+            }
             if rechunk && take > 0 {
                 chunk_header(&mut self.out, take);
                 self.out.extend_from_slice(&ubuf[..take]);
@@ -980,6 +1028,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             self.ubuf = ubuf;
             return Err(RelayError::Broken);
         }
+        self.cache_store();
         // Bytes after the end of the response mean the upstream broke framing: never reuse.
         let reusable = clean && self.response.keep_alive && ubuf.is_empty();
         ubuf.clear();
@@ -1048,7 +1097,7 @@ mod size_guard {
             let s = monoio::net::TcpStream::from_std(c).unwrap();
             let cfg =
                 crate::config::parse("[[listener]]\naddress = \"127.0.0.1:0\"\n", "t").unwrap();
-            let gw = std::sync::Arc::new(crate::gateway::Gateway::new(cfg).unwrap());
+            let gw = std::sync::Arc::new(crate::gateway::Gateway::new(cfg, 1).unwrap());
             let w = std::rc::Rc::new(crate::worker::Worker::new(0, gw, 1, 1));
             let fut = super::serve(w, 0, s, "127.0.0.1:1".parse().unwrap(), b"http", Vec::new());
             let size = std::mem::size_of_val(&fut);
