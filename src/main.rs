@@ -1,10 +1,10 @@
-//! The `weir` command: `run`, `check`, `--version`, `--help`.
+//! The `weir` command: `run`, `check`, `usage`, `purge`, `--version`, `--help`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 use signal_hook::iterator::Signals;
 
 #[global_allocator]
@@ -18,6 +18,9 @@ USAGE:
     weir check -c FILE    check a config and print every error with file:line:column
     weir usage -c FILE [KEY]
                           print each API key's quota use in the current period
+    weir purge --pid PID [ROUTE...]
+                          purge the response cache of the running gateway PID: the
+                          named routes (by `name`), or everything
     weir --version        print the version
     weir --help           print this help
 
@@ -25,6 +28,7 @@ SIGNALS:
     SIGTERM, SIGINT       stop accepting, let in-flight requests finish (up to
                           [server] drain_timeout), then exit 0; a second signal exits now
     SIGHUP                re-read TLS certificates and keys; on an error keep the old ones
+    SIGUSR2               purge the response cache (the routes `weir purge` asked for, or all)
 
 The config format is described in docs/config.md.";
 
@@ -43,6 +47,10 @@ fn main() -> ExitCode {
             Some(Ok(path)) => usage(path, args.get(3).map(String::as_str)),
             _ => fail("expected `weir usage -c FILE [KEY]`"),
         },
+        Some("purge") => match (args.get(1).map(String::as_str), args.get(2)) {
+            (Some("--pid"), Some(pid)) => purge(pid, &args[3..]),
+            _ => fail("expected `weir purge --pid PID [ROUTE...]`"),
+        },
         Some(cmd @ ("run" | "check")) => match config_path(&args[1..]) {
             Ok(path) if cmd == "run" => run(path),
             Ok(path) => check(path),
@@ -50,6 +58,32 @@ fn main() -> ExitCode {
         },
         Some(other) => fail(&format!("unknown command `{other}`; see `weir --help`")),
     }
+}
+
+/// Where `weir purge` leaves the route names for process `pid` before signalling it.
+fn purge_request_path(pid: u32) -> PathBuf {
+    std::env::temp_dir().join(format!("weir-{pid}.purge"))
+}
+
+fn purge(pid: &str, routes: &[String]) -> ExitCode {
+    let Ok(pid) = pid.parse::<u32>() else {
+        return fail(&format!("`{pid}` is not a process id"));
+    };
+    let request = purge_request_path(pid);
+    if routes.is_empty() {
+        let _ = std::fs::remove_file(&request);
+    } else if let Err(e) = std::fs::write(&request, routes.join("\n")) {
+        return fail(&format!("cannot write {}: {e}", request.display()));
+    }
+    // SAFETY: kill(2) with a valid signal number; it only sends a signal.
+    if unsafe { libc::kill(pid as i32, libc::SIGUSR2) } != 0 {
+        let _ = std::fs::remove_file(&request);
+        return fail(&format!(
+            "cannot signal process {pid}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    ExitCode::SUCCESS
 }
 
 fn config_path(args: &[String]) -> Result<PathBuf, String> {
@@ -147,7 +181,7 @@ fn run(path: PathBuf) -> ExitCode {
     };
     let drain = config.server.drain_timeout;
     // Registered before the workers start, so an early signal is never fatal.
-    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR2]) {
         Ok(s) => s,
         Err(e) => return fail(&format!("cannot handle signals: {e}")),
     };
@@ -177,7 +211,18 @@ fn run(path: PathBuf) -> ExitCode {
                 eprintln!("weir: SIGHUP: {line}");
             }
         }
-        sig != SIGHUP
+        if sig == SIGUSR2 {
+            // The routes `weir purge` left for this process, if it left any.
+            let request = purge_request_path(std::process::id());
+            let routes: Vec<String> = std::fs::read_to_string(&request)
+                .map(|text| text.lines().map(str::to_string).collect())
+                .unwrap_or_default();
+            let _ = std::fs::remove_file(&request);
+            for line in running.purge_cache(&routes) {
+                eprintln!("weir: SIGUSR2: {line}");
+            }
+        }
+        sig != SIGHUP && sig != SIGUSR2
     });
     eprintln!(
         "weir: {}: draining (up to {:?})",
@@ -190,7 +235,7 @@ fn run(path: PathBuf) -> ExitCode {
     );
     running.shutdown_flag().store(true, Ordering::Relaxed);
     std::thread::spawn(move || {
-        if signals.forever().any(|sig| sig != SIGHUP) {
+        if signals.forever().any(|sig| sig != SIGHUP && sig != SIGUSR2) {
             eprintln!("weir: second signal: exiting now");
             std::process::exit(1);
         }

@@ -58,6 +58,34 @@ impl Running {
         self.gateway.reload_certificates()
     }
 
+    /// Purges the response cache on every worker: the named routes' entries, or all of
+    /// them when `routes` is empty. A line per purge saying what happened.
+    pub fn purge_cache(&self, routes: &[String]) -> Vec<String> {
+        use crate::cache::Purge;
+        let bus = &self.gateway.cache_bus;
+        if routes.is_empty() {
+            bus.send(Purge::All, None);
+            return vec!["purged the whole cache".into()];
+        }
+        let config = &self.gateway.config;
+        routes
+            .iter()
+            .map(|name| {
+                match config
+                    .routes
+                    .iter()
+                    .position(|r| r.name.as_deref() == Some(name.as_str()))
+                {
+                    Some(i) => {
+                        bus.send(Purge::Route(i), None);
+                        format!("purged route `{name}`")
+                    }
+                    None => format!("no route is named `{name}`: nothing purged for it"),
+                }
+            })
+            .collect()
+    }
+
     /// Handle that starts a drain when set (for signal handlers).
     pub fn shutdown_flag(&self) -> Arc<AtomicBool> {
         self.shutdown.clone()

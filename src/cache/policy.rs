@@ -162,13 +162,14 @@ fn heuristically_cacheable(status: u16) -> bool {
 }
 
 /// Decides whether a response may be stored by a shared cache, and its freshness.
-/// `request_time` and `response_time` are wall-clock seconds around the exchange;
-/// `authorization`: the request carried `Authorization`.
+/// `response_delay`: whole seconds between sending the request and receiving the
+/// response; `response_time`: wall-clock seconds when it arrived; `authorization`: the
+/// request carried `Authorization`.
 pub fn storable(
     route: &RouteCache,
     f: &ResponseFacts,
     authorization: bool,
-    request_time: u64,
+    response_delay: u64,
     response_time: u64,
 ) -> Result<Freshness, Refusal> {
     let d = &f.directives;
@@ -210,7 +211,7 @@ pub fn storable(
         return Err(Refusal::Status);
     }
     let apparent_age = f.date.map_or(0, |date| response_time.saturating_sub(date));
-    let corrected_age = f.age + response_time.saturating_sub(request_time);
+    let corrected_age = f.age + response_delay;
     let honor = route.honor_origin;
     Ok(Freshness {
         lifetime: explicit.unwrap_or(route.ttl.as_secs()),
@@ -301,15 +302,15 @@ mod tests {
     #[test]
     fn freshness_prefers_s_maxage_then_max_age_then_expires_then_ttl() {
         let r = route();
-        let f = |cc: &str| storable(&r, &facts(cc), false, 1000, 1000).unwrap();
+        let f = |cc: &str| storable(&r, &facts(cc), false, 0, 1000).unwrap();
         assert_eq!(f("max-age=60, s-maxage=10").lifetime, 10);
         assert_eq!(f("max-age=60").lifetime, 60);
         let mut e = facts("");
         e.expires = Some(Some(1100));
         e.date = Some(1000);
-        assert_eq!(storable(&r, &e, false, 1000, 1000).unwrap().lifetime, 100);
+        assert_eq!(storable(&r, &e, false, 0, 1000).unwrap().lifetime, 100);
         e.expires = Some(None);
-        assert_eq!(storable(&r, &e, false, 1000, 1000).unwrap().lifetime, 0);
+        assert_eq!(storable(&r, &e, false, 0, 1000).unwrap().lifetime, 0);
         assert_eq!(f("").lifetime, 300);
     }
 
@@ -365,7 +366,7 @@ mod tests {
         let mut f = facts("max-age=60");
         f.date = Some(90);
         f.age = 5;
-        let fr = storable(&route(), &f, false, 99, 100).unwrap();
+        let fr = storable(&route(), &f, false, 1, 100).unwrap();
         assert_eq!(fr.initial_age, 10, "apparent age 10 beats 5 + 1 s delay");
     }
 

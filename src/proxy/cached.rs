@@ -49,7 +49,8 @@ pub(super) struct CacheRequest {
     pub validators: Vec<u8>,
     /// The request carried `Authorization`.
     pub authorization: bool,
-    pub request_time: u64,
+    /// When the request went upstream ([`clock_ms`]), for the response delay in its age.
+    pub request_ms: u64,
     /// An unsafe method: the URI hashes a 2xx/3xx response invalidates.
     pub invalidates: Option<[u64; 3]>,
 }
@@ -248,10 +249,20 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             && match rc.invalidate {
                 Invalidate::Never => false,
                 Invalidate::Anyone => true,
-                Invalidate::ApiKey => self.stages.api_key.is_some(),
+                Invalidate::ApiKey => {
+                    self.stages.api_key.is_some() || {
+                        let keys = &gateway.keys;
+                        let presented = head
+                            .headers
+                            .iter()
+                            .find(|h| h.name.of(buf).eq_ignore_ascii_case(&keys.header))
+                            .map(|h| trim(h.value.of(buf)));
+                        keys.authorize(presented, route_id).is_some()
+                    }
+                }
             };
         self.cache.authorization = req.authorization;
-        self.cache.request_time = wall_secs();
+        self.cache.request_ms = clock_ms();
         self.cache
             .key
             .build(rc, buf, head, if is_head { b"GET" } else { method });
@@ -387,7 +398,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             .key
             .build(rc, buf, &self.head, self.head.method.of(buf));
         self.cache.authorization = request_facts(buf, &self.head.headers).authorization;
-        self.cache.request_time = wall_secs();
+        self.cache.request_ms = clock_ms();
         self.cache.revalidating = stale.etag.is_some() || stale.last_modified.is_some();
         self.cache.stale = Some(stale);
         self.cache.fill = Some(ticket);
@@ -528,7 +539,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             rc,
             &facts,
             self.cache.authorization,
-            self.cache.request_time,
+            self.response_delay(),
             wall_secs(),
         ) else {
             return OnResponse::Relay;
@@ -557,6 +568,11 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             freshness,
         });
         OnResponse::Relay
+    }
+
+    /// Whole seconds the upstream took (RFC 9111 §4.2.3 `response_delay`).
+    fn response_delay(&self) -> u64 {
+        clock_ms().saturating_sub(self.cache.request_ms) / 1000
     }
 
     /// The stored head and the 304 head of the response at the start of `ubuf`.
@@ -599,7 +615,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             rc,
             &facts,
             self.cache.authorization,
-            self.cache.request_time,
+            self.response_delay(),
             now_wall,
         ) {
             Ok(f) if says_freshness => f,

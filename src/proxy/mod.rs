@@ -378,10 +378,19 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                         self.cache.finish();
                         return keep;
                     }
-                } else if gateway.caching && !self.facts.idempotent {
-                    // An unsafe method: a success invalidates what the cache holds for the URI.
-                    let scratch = &mut self.cache.key.bytes;
-                    let hashes = crate::cache::invalidation_hashes(&self.buf, &self.head, scratch);
+                }
+                let safe = matches!(
+                    self.head.method.of(&self.buf),
+                    b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE"
+                );
+                if gateway.caching && !safe {
+                    // An unsafe method: a success invalidates what the cache holds for the
+                    // URI, on every worker (RFC 9111 §4.4).
+                    let mut scratch = std::mem::take(&mut self.cache.validators);
+                    let hashes =
+                        crate::cache::invalidation_hashes(&self.buf, &self.head, &mut scratch);
+                    scratch.clear();
+                    self.cache.validators = scratch;
                     self.cache.invalidates = Some(hashes);
                 }
                 let keep = self.proxy(route, integration).await;
