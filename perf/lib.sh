@@ -266,9 +266,22 @@ $(nginx_proxy_location)
 EOF
 }
 
-# nginx_proxy_location: the one location both nginx proxy servers (plain and TLS) use.
+# nginx_proxy_location: the locations both nginx proxy servers (plain and TLS) use: the
+# proxy, a fixed 1 KiB response (mock1k) and the proxy with nginx's cache (cached1k).
 nginx_proxy_location() {
   cat <<EOF
+        location = /mock1k {
+            default_type application/json;
+            return 200 '$(cat "$PERF_TMP/www/1k")';
+        }
+        location /cached/ {
+            proxy_pass http://origin/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache api;
+            proxy_cache_valid 200 60m;
+            add_header X-Cache \$upstream_cache_status;
+        }
         location / {
             proxy_pass http://origin;
             proxy_http_version 1.1;
@@ -361,6 +374,7 @@ $(nginx_temp_paths proxy)
     keepalive_requests 100000;
     keepalive_timeout $kat;
     tcp_nodelay on;
+    proxy_cache_path $PERF_TMP/nginx-cache levels=1:2 keys_zone=api:10m max_size=64m inactive=60m use_temp_path=off;
     upstream origin {
         server 127.0.0.1:$ORIGIN_PORT;
         keepalive 128;
@@ -445,6 +459,18 @@ targets = ["127.0.0.1:$ORIGIN_PORT"]
 [[route]]
 path = "/{*rest}"
 upstream = "origin"
+
+# mock1k: the origin's 1 KiB body, written by Weir itself.
+[[route]]
+path = "/mock1k"
+mock = { body = '$(cat "$PERF_TMP/www/1k")', headers = { "content-type" = "application/json" } }
+
+# cached1k: the origin's /1k from the response cache.
+[[route]]
+path = "/cached/{*rest}"
+upstream = "origin"
+strip_prefix = "/cached"
+cache = { ttl = "3600s" }
 EOF
   } >"$out"
 }

@@ -15,9 +15,15 @@ usage() {
   cat <<'EOF'
 Usage: perf/run.sh [options]
 
-  --workloads LIST   comma list of 1k,16k,256k,upload64k,tls1k (default 1k; env WORKLOADS)
+  --workloads LIST   comma list of 1k,16k,256k,upload64k,tls1k,mock1k,cached1k
+                     (default 1k; env WORKLOADS)
                      tls1k: GET /1k over HTTPS (keep-alive) to the proxy, origin plain
                      HTTP; Weir and nginx only (HAProxy is skipped for it); needs openssl
+                     mock1k: GET /mock1k, a 1 KiB response the proxy writes itself (Weir
+                     mock integration, nginx return 200)
+                     cached1k: GET /cached/1k, the origin's /1k from the proxy's response
+                     cache (Weir cache, nginx proxy_cache); with mock1k in the same run
+                     the report adds Weir's cache-hit/mock CPU ratio. Weir and nginx only
   --proxies LIST     comma list of weir,nginx,haproxy      (default all; env PROXIES)
   --rounds N         interleaved rounds                     (default 3; env ROUNDS)
   --duration S       seconds per measured wrk run          (default 6; env DURATION)
@@ -104,7 +110,7 @@ IFS=, read -r -a proxies <<<"$PROXIES"
 ((${#workloads[@]})) || die "no workloads"
 ((${#proxies[@]})) || die "no proxies"
 for w in "${workloads[@]}"; do
-  case $w in 1k | 16k | 256k | upload64k | tls1k) ;; *) die "unknown workload '$w'" ;; esac
+  case $w in 1k | 16k | 256k | upload64k | tls1k | mock1k | cached1k) ;; *) die "unknown workload '$w'" ;; esac
 done
 for p in "${proxies[@]}"; do
   case $p in weir | nginx | haproxy) ;; *) die "unknown proxy '$p'" ;; esac
@@ -152,10 +158,10 @@ workload_mode() {
     *) echo plain ;;
   esac
 }
-# in_workload W P: does proxy P take part in workload W? HAProxy has no TLS setup
-# in this harness, so it sits out tls1k; everyone runs every plain workload.
+# in_workload W P: does proxy P take part in workload W? HAProxy has no TLS, mock or
+# cache setup in this harness, so it sits those out; everyone runs the proxy workloads.
 in_workload() {
-  [[ $(workload_mode "$1") == plain || $2 != haproxy ]]
+  [[ $2 != haproxy ]] || [[ $1 == 1k || $1 == 16k || $1 == 256k || $1 == upload64k ]]
 }
 # workload_proxies W: the proxies of W, one per line, in --proxies order.
 workload_proxies() {
@@ -244,6 +250,8 @@ workload_path() {
     16k) echo /16k ;;
     256k) echo /256k ;;
     upload64k) echo /upload ;;
+    mock1k) echo /mock1k ;;
+    cached1k) echo /cached/1k ;;
   esac
 }
 
@@ -259,7 +267,7 @@ workload_url() {
 check_endpoint() {
   local port=$1 w=$2 got want body=$PERF_TMP/check.body
   case $w in
-    1k | tls1k) want="200 1024" ;;
+    1k | tls1k | mock1k | cached1k) want="200 1024" ;;
     16k) want="200 16384" ;;
     256k) want="200 262144" ;;
     upload64k) want="200 11" ;;
@@ -718,6 +726,12 @@ fi
       upload64k) echo "POST /upload with a 64 KiB body (origin discards it and answers {\"ok\":true})." ;;
       1k) echo "GET /1k (1 KiB JSON body from the origin)." ;;
       16k) echo "GET /16k (16 KiB JSON body from the origin)." ;;
+      mock1k) echo "GET /mock1k: the same 1 KiB JSON body, written by the proxy itself (Weir: a mock route; nginx: \\`return 200\\`). No origin." ;;
+      cached1k)
+        echo "GET /cached/1k: the origin's /1k from the proxy's response cache, so after the first request"
+        echo "every one is a hit (Weir: \\`cache = { ttl = \"3600s\" }\\` with \\`strip_prefix\\`, per-worker memory shard;"
+        echo "nginx: \\`proxy_cache\\` with \\`proxy_cache_valid 200 60m\\`, entries in files served from the page cache)."
+        ;;
       256k) echo "GET /256k (256 KiB JSON body from the origin)." ;;
       tls1k)
         echo "GET /1k (1 KiB JSON body from the origin) over **HTTPS** from wrk to the proxy, which"
@@ -818,6 +832,25 @@ fi
     fi
     unset med_rps med_us med_cores med_busy errs_of
   done
+
+  if [[ " ${workloads[*]} " == *" mock1k "* && " ${workloads[*]} " == *" cached1k "* ]]; then
+    echo
+    echo "## Cache hit vs mock (Weir)"
+    echo
+    echo "CPU per request of a cache hit (cached1k) over that of a mock route (mock1k), same 1 KiB body,"
+    echo "medians over rounds and per round:"
+    echo
+    for p in "${proxies[@]}"; do
+      is_weir "$p" || continue
+      hit=$(col cached1k "$p" 10 | median)
+      mock=$(col mock1k "$p" 10 | median)
+      per_round=$(awk -F'\t' -v p="$p" '
+        $2 == "cached1k" && $3 == p { h[$1] = $10 }
+        $2 == "mock1k" && $3 == p { m[$1] = $10 }
+        END { for (r = 1; r in h; r++) if (m[r] > 0) s = s (s == "" ? "" : ", ") sprintf("%.2f", h[r] / m[r]); print s }' "$results")
+      echo "- **$(proxy_label "$p")**: hit/mock CPU/req × $(ratio "$hit" "$mock") (per round: $per_round)"
+    done
+  fi
 
   if [[ -n $RATE_PCT ]]; then
     echo
