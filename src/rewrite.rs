@@ -216,7 +216,8 @@ fn copy_kept_lines(
     }
 }
 
-fn named_by_connection(buf: &[u8], headers: &[HeaderField], name: &[u8]) -> bool {
+/// Whether a `Connection` field names `name` (so it is hop-by-hop for this message).
+pub fn named_by_connection(buf: &[u8], headers: &[HeaderField], name: &[u8]) -> bool {
     headers
         .iter()
         .filter(|h| h.kind == HeaderKind::Connection)

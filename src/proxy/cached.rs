@@ -583,9 +583,12 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         head.extend_from_slice(b"\r\n");
         let mut nm = b"HTTP/1.1 304 Not Modified\r\n".to_vec();
         let mut has_date = false;
-        for h in &self.response.headers {
+        let headers = &self.response.headers;
+        for h in headers {
             let name = h.name.of(ubuf);
-            if stored_line(name, h.kind) {
+            let hop = self.response.connection_names_headers
+                && crate::rewrite::named_by_connection(ubuf, headers, name);
+            if !hop && stored_line(name, h.kind) {
                 head.extend_from_slice(h.line.of(ubuf));
                 if not_modified_line(name, has_etag) {
                     nm.extend_from_slice(h.line.of(ubuf));
