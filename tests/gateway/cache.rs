@@ -261,10 +261,10 @@ fn head_is_answered_from_the_get_entry() {
 #[test]
 fn the_route_ttl_applies_without_origin_freshness_and_expires() {
     let origin = Origin::start(counting(""));
-    let weir = cached(&origin, "ttl = \"1s\"", "");
+    let weir = cached(&origin, "ttl = \"2s\"", "");
     let (a, b) = twice(&weir, "/t", "");
     assert_eq!((x_cache(&a), x_cache(&b)), ("MISS", "HIT"));
-    thread::sleep(Duration::from_millis(1500));
+    thread::sleep(Duration::from_millis(2500));
     let mut s = connect(weir.addr());
     let mut r = BufReader::new(s.try_clone().unwrap());
     let c = get_on(&mut s, &mut r, "/t", "");
@@ -275,11 +275,11 @@ fn the_route_ttl_applies_without_origin_freshness_and_expires() {
 
 #[test]
 fn s_maxage_wins_over_max_age() {
-    let origin = Origin::start(counting("max-age=600, s-maxage=1"));
+    let origin = Origin::start(counting("max-age=600, s-maxage=2"));
     let weir = cached(&origin, "", "");
     let (_, b) = twice(&weir, "/s", "");
     assert_eq!(x_cache(&b), "HIT");
-    thread::sleep(Duration::from_millis(1500));
+    thread::sleep(Duration::from_millis(2500));
     let (c, _) = twice(&weir, "/s", "");
     assert_eq!(x_cache(&c), "MISS", "s-maxage=1 has run out");
 }
@@ -360,7 +360,7 @@ fn a_changed_resource_replaces_the_entry_on_revalidation() {
     let origin = Origin::start(|_: &Seen, n| {
         // Never 304: the representation changes on every fetch.
         Reply::ok(format!("fetch {n}"))
-            .header("cache-control", "max-age=1")
+            .header("cache-control", "max-age=2")
             .header("etag", &format!("\"v{n}\""))
     });
     let weir = cached(&origin, "", "");
@@ -370,7 +370,7 @@ fn a_changed_resource_replaces_the_entry_on_revalidation() {
     get_on(&mut s, &mut r, "/changing", "");
     let b = get_on(&mut s, &mut r, "/changing", "");
     assert_eq!(b.body_text(), "fetch 0");
-    thread::sleep(Duration::from_millis(1500));
+    thread::sleep(Duration::from_millis(2500));
     let c = get_on(&mut s, &mut r, "/changing", "");
     let d = get_on(&mut s, &mut r, "/changing", "");
     assert_eq!(x_cache(&c), "MISS");
@@ -639,7 +639,8 @@ fn a_waiter_goes_upstream_itself_after_the_lock_timeout() {
 #[test]
 fn stale_while_revalidate_serves_stale_and_refreshes_once_in_the_background() {
     let origin = Origin::start(|_: &Seen, n| Reply {
-        delay: Duration::from_millis(if n == 0 { 0 } else { 300 }),
+        // The background refresh takes long enough for the stale answers to come first.
+        delay: Duration::from_millis(if n == 0 { 0 } else { 1500 }),
         ..Reply::ok(format!("fetch {n}")).header(
             "cache-control",
             if n == 0 {
