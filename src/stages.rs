@@ -3,7 +3,9 @@
 //! 1. **authorize**: API keys (403), and the usage plan the key brings to the route;
 //! 2. **throttle**: the client address's bucket, the key's quota, then the token buckets
 //!    (key per route, key, route, listener, global);
-//! 3. **cache**: where the response cache will answer (a later issue).
+//!
+//! The response cache comes after these, in `crate::proxy::cached`, because it may wait
+//! (for a fetch of the same key already in flight) and write.
 //!
 //! Each stage may answer on its own ([`Verdict`]). A refusal at any point undoes what the
 //! earlier steps took (the per-address token, the quota reservation), so a refused request
@@ -151,6 +153,5 @@ pub fn run<'g>(
         }
     }
 
-    // Cache: the response cache will answer here.
     Verdict::Proceed
 }

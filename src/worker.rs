@@ -1,8 +1,8 @@
 //! One worker: the state a core owns, its accept loops, and its drain on shutdown.
 //!
 //! Owns: everything per core ([`Worker`]): upstream pools, reusable buffers, the request-id
-//! sequence, the cached `Date`, the in-flight count, its response-cache shard. It is passed down explicitly to each
-//! connection task as an `Rc`; there are no hidden globals.
+//! sequence, the cached `Date`, the in-flight count, its response-cache shard. It is
+//! passed down explicitly to each connection task as an `Rc`; there are no hidden globals.
 //!
 //! Must not: be shared with another thread (it is `!Send` by construction), or block its
 //! event loop.

@@ -286,8 +286,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     return Some(self.serve_stored(&stored, Status::Stale, nm, true).await);
                 }
             }
+            // A HEAD is forwarded as it is and nothing is stored from it: no validators.
             self.cache.revalidating =
-                !refresh && (stored.etag.is_some() || stored.last_modified.is_some());
+                !refresh && !is_head && (stored.etag.is_some() || stored.last_modified.is_some());
             self.cache.stale = Some(stored);
         }
 

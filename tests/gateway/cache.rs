@@ -259,6 +259,31 @@ fn head_is_answered_from_the_get_entry() {
 }
 
 #[test]
+fn a_head_on_an_expired_entry_is_forwarded_as_it_came() {
+    let origin = Origin::start(|req: &Seen, n| {
+        if req.header("if-none-match").is_some() {
+            return Reply {
+                status: 304,
+                ..Reply::ok("")
+            };
+        }
+        Reply::ok(format!("fetch {n}"))
+            .header("cache-control", "max-age=1")
+            .header("etag", "\"v1\"")
+    });
+    let weir = cached(&origin, "", "");
+    let mut s = connect(weir.addr());
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    get_on(&mut s, &mut r, "/e", "");
+    thread::sleep(Duration::from_millis(1500));
+    s.write_all(b"HEAD /e HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let head = read_response(&mut r, true).unwrap();
+    assert_eq!((head.status, x_cache(&head)), (200, "MISS"));
+    assert_eq!(origin.last().method, "HEAD");
+    assert!(origin.last().header("if-none-match").is_none());
+}
+
+#[test]
 fn the_route_ttl_applies_without_origin_freshness_and_expires() {
     let origin = Origin::start(counting(""));
     let weir = cached(&origin, "ttl = \"2s\"", "");
