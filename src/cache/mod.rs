@@ -269,14 +269,21 @@ impl Stored {
         window > 0 && self.age_ms(now_ms) < self.lifetime_ms() + window * 1000
     }
 
-    /// A copy that is fresh again as of `now_ms` (after a 304 from the origin).
-    pub fn revalidated(&self, now_ms: u64, freshness: Freshness) -> Stored {
+    /// A copy that is fresh again as of `now_ms` (after a 304 from the origin), with the
+    /// heads the 304's fields updated.
+    pub fn revalidated(
+        &self,
+        now_ms: u64,
+        freshness: Freshness,
+        head: Bytes,
+        not_modified: Bytes,
+    ) -> Stored {
         Stored {
             variant: self.variant.clone(),
             vary: self.vary.clone(),
             route: self.route,
-            head: self.head.clone(),
-            not_modified: self.not_modified.clone(),
+            head,
+            not_modified,
             status: self.status,
             body: self.body.clone(),
             etag: self.etag.clone(),

@@ -223,6 +223,33 @@ fn not_modified_line(name: &[u8], has_etag: bool) -> bool {
         || (!has_etag && name.eq_ignore_ascii_case(b"last-modified"))
 }
 
+/// A stored head (status line, then field lines) with every field named in `updates`
+/// replaced by the updates' lines.
+fn merge_fields<'a>(
+    stored: &[u8],
+    ubuf: &[u8],
+    updates: impl Iterator<Item = &'a HeaderField> + Clone,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(stored.len() + 128);
+    let mut lines = stored.split_inclusive(|&b| b == b'\n');
+    if let Some(status_line) = lines.next() {
+        out.extend_from_slice(status_line);
+    }
+    for line in lines {
+        let name = &line[..line.iter().position(|&b| b == b':').unwrap_or(0)];
+        if !updates
+            .clone()
+            .any(|h| h.name.of(ubuf).eq_ignore_ascii_case(name))
+        {
+            out.extend_from_slice(line);
+        }
+    }
+    for h in updates {
+        out.extend_from_slice(h.line.of(ubuf));
+    }
+    out
+}
+
 impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     /// The cache stage for a route with a cache. Returns `Some(keep_alive)` when the
     /// cache answered; `None` sends the request on to the upstream, with `self.cache` set
@@ -636,7 +663,25 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 return stale.clone();
             }
         };
-        let refreshed = Rc::new(stale.revalidated(clock_ms(), freshness));
+        // RFC 9111 §3.2: the 304's fields replace the stored ones of the same name.
+        let headers = &self.response.headers;
+        let updates = || {
+            headers.iter().filter(|h| {
+                let name = h.name.of(ubuf);
+                stored_line(name, h.kind)
+                    && !(self.response.connection_names_headers
+                        && crate::rewrite::named_by_connection(ubuf, headers, name))
+            })
+        };
+        let has_etag = stale.etag.is_some();
+        let head = merge_fields(&stale.head, ubuf, updates());
+        let not_modified = merge_fields(
+            &stale.not_modified,
+            ubuf,
+            updates().filter(|h| not_modified_line(h.name.of(ubuf), has_etag)),
+        );
+        let refreshed =
+            Rc::new(stale.revalidated(clock_ms(), freshness, head.into(), not_modified.into()));
         self.worker.cache.borrow_mut().insert(
             self.cache.key.uri(),
             self.cache.key.uri_hash,

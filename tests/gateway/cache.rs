@@ -381,6 +381,44 @@ fn no_cache_is_revalidated_every_time() {
 }
 
 #[test]
+fn a_304_updates_the_stored_fields_and_freshness() {
+    let origin = Origin::start(|req: &Seen, n| {
+        if req.header("if-none-match") == Some("\"v1\"") {
+            // Still the same representation, now fresh for a minute, with a new field value.
+            return Reply {
+                status: 304,
+                ..Reply::ok("")
+            }
+            .header("cache-control", "max-age=60")
+            .header("x-version", "2");
+        }
+        Reply::ok(format!("fetch {n}"))
+            .header("cache-control", "max-age=1")
+            .header("etag", "\"v1\"")
+            .header("x-version", "1")
+    });
+    let weir = cached(&origin, "", "");
+    let mut s = connect(weir.addr());
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    get_on(&mut s, &mut r, "/u", "");
+    thread::sleep(Duration::from_millis(1500));
+    let revalidated = get_on(&mut s, &mut r, "/u", "");
+    assert_eq!(x_cache(&revalidated), "REVALIDATED");
+    assert_eq!(revalidated.header("x-version"), Some("2"));
+    assert_eq!(revalidated.header("cache-control"), Some("max-age=60"));
+    assert_eq!(revalidated.body_text(), "fetch 0");
+    thread::sleep(Duration::from_millis(1200));
+    let hit = get_on(&mut s, &mut r, "/u", "");
+    assert_eq!((x_cache(&hit), hit.header("x-version")), ("HIT", Some("2")));
+    let nm = get_on(&mut s, &mut r, "/u", "If-None-Match: \"v1\"\r\n");
+    assert_eq!(
+        (nm.status, nm.header("cache-control")),
+        (304, Some("max-age=60"))
+    );
+    assert_eq!(origin.requests(), 2);
+}
+
+#[test]
 fn a_changed_resource_replaces_the_entry_on_revalidation() {
     let origin = Origin::start(|_: &Seen, n| {
         // Never 304: the representation changes on every fetch.
