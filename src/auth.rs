@@ -9,6 +9,7 @@ use ahash::AHashMap;
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
+use crate::http::{trim, HeaderField};
 use crate::limit::SharedBucket;
 use crate::quota::QuotaCounter;
 
@@ -115,6 +116,14 @@ impl KeyTable {
             covers,
             planned_routes,
         }
+    }
+
+    /// The key a request presents: its key header's value, if it has one.
+    pub fn presented<'b>(&self, buf: &'b [u8], headers: &[HeaderField]) -> Option<&'b [u8]> {
+        headers
+            .iter()
+            .find(|h| h.name.of(buf).eq_ignore_ascii_case(&self.header))
+            .map(|h| trim(h.value.of(buf)))
     }
 
     /// Checks the key a request presents for `route`. `None`: 403 (no key, an unknown or

@@ -15,7 +15,7 @@ use std::net::IpAddr;
 
 use crate::auth::KeyPlan;
 use crate::gateway::Gateway;
-use crate::http::{trim, RequestHead};
+use crate::http::RequestHead;
 use crate::limit::{ceil_secs, now_nanos, write_fields, Leases, SharedBucket};
 
 /// What the stages decided.
@@ -65,16 +65,7 @@ pub fn run<'g>(
     // Authorize.
     let mut key_plan: Option<&KeyPlan> = None;
     if route.api_key_required {
-        let presented = req
-            .head
-            .headers
-            .iter()
-            .find(|h| {
-                h.name
-                    .of(req.buf)
-                    .eq_ignore_ascii_case(&gateway.keys.header)
-            })
-            .map(|h| trim(h.value.of(req.buf)));
+        let presented = gateway.keys.presented(req.buf, &req.head.headers);
         match gateway.keys.authorize(presented, req.route) {
             Some(authorized) => {
                 outcome.api_key = Some(authorized.key);

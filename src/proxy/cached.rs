@@ -278,13 +278,8 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 Invalidate::Anyone => true,
                 Invalidate::ApiKey => {
                     self.stages.api_key.is_some() || {
-                        let keys = &gateway.keys;
-                        let presented = head
-                            .headers
-                            .iter()
-                            .find(|h| h.name.of(buf).eq_ignore_ascii_case(&keys.header))
-                            .map(|h| trim(h.value.of(buf)));
-                        keys.authorize(presented, route_id).is_some()
+                        let presented = gateway.keys.presented(buf, &head.headers);
+                        gateway.keys.authorize(presented, route_id).is_some()
                     }
                 }
             };
