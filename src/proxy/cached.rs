@@ -284,7 +284,6 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 }
             };
         self.cache.authorization = req.authorization;
-        self.cache.request_ms = clock_ms();
         self.cache
             .key
             .build(rc, buf, head, if is_head { b"GET" } else { method });
@@ -308,9 +307,6 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     return Some(self.serve_stored(&stored, Status::Stale, nm, true).await);
                 }
             }
-            // A HEAD is forwarded as it is and nothing is stored from it: no validators.
-            self.cache.revalidating =
-                !refresh && !is_head && (stored.etag.is_some() || stored.last_modified.is_some());
             self.cache.stale = Some(stored);
         }
 
@@ -343,12 +339,28 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 self.cache.fill = Some(self.take_fill(self.cache.key.full_hash));
             }
         }
+        // A HEAD is forwarded as it came and nothing is stored from it.
+        self.begin_fetch(!is_head, !refresh);
+        None
+    }
+
+    /// The request goes upstream as a miss: it may be stored (`store`), and the stale
+    /// entry it found, if any, is revalidated with its validators when `revalidate`.
+    fn begin_fetch(&mut self, store: bool, revalidate: bool) {
         self.cache.status = Some(Status::Miss);
-        self.cache.store = !is_head;
+        self.cache.store = store;
+        // Taken now, after any wait for another fetch: the response delay is the upstream's.
+        self.cache.request_ms = clock_ms();
+        self.cache.revalidating = store
+            && revalidate
+            && self
+                .cache
+                .stale
+                .as_ref()
+                .is_some_and(|s| s.etag.is_some() || s.last_modified.is_some());
         if self.cache.revalidating {
             self.write_validators();
         }
-        None
     }
 
     fn take_fill(&self, hash: u64) -> FillTicket {
@@ -421,15 +433,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             .key
             .build(rc, buf, &self.head, self.head.method.of(buf));
         self.cache.authorization = request_facts(buf, &self.head.headers).authorization;
-        self.cache.request_ms = clock_ms();
-        self.cache.revalidating = stale.etag.is_some() || stale.last_modified.is_some();
         self.cache.stale = Some(stale);
         self.cache.fill = Some(ticket);
-        self.cache.status = Some(Status::Miss);
-        self.cache.store = true;
-        if self.cache.revalidating {
-            self.write_validators();
-        }
+        self.begin_fetch(true, true);
         self.proxy(route, integration).await;
         self.cache.finish();
     }
