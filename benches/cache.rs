@@ -50,14 +50,7 @@ fn stored(key: &Key, body: usize) -> Rc<Stored> {
         etag: None,
         last_modified: None,
         stored_ms: 0,
-        freshness: Freshness {
-            lifetime: 3600,
-            initial_age: 0,
-            no_cache: false,
-            must_revalidate: false,
-            stale_while_revalidate: 0,
-            stale_if_error: 0,
-        },
+        freshness: Freshness::lasting(3600),
     })
 }
 

@@ -39,8 +39,6 @@ pub struct Gateway {
     pub cache_bus: crate::cache::Bus,
     /// Whether any route caches (else unsafe methods need not invalidate anything).
     pub caching: bool,
-    /// How many workers share this gateway.
-    pub workers: usize,
 }
 
 impl Gateway {
@@ -133,7 +131,6 @@ impl Gateway {
         Ok(Gateway {
             cache_bus: crate::cache::Bus::new(workers),
             caching,
-            workers,
             config,
             routers,
             mocks,

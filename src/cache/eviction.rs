@@ -99,14 +99,8 @@ impl<V> S3Fifo<V> {
         }
         if let Some(&slot) = self.index.get(&hash) {
             // Replacing keeps the entry's place and its history.
-            let s = &mut self.slots[slot as usize];
-            let old = std::mem::replace(&mut s.weight, weight);
-            s.value = Some(value);
-            if s.in_main {
-                self.main_bytes = self.main_bytes - old + weight;
-            } else {
-                self.small_bytes = self.small_bytes - old + weight;
-            }
+            self.slots[slot as usize].value = Some(value);
+            self.reweigh(slot, weight);
         } else {
             let in_main = self.ghost_index.contains_key(&hash);
             let slot = match self.free.pop() {
@@ -161,14 +155,20 @@ impl<V> S3Fifo<V> {
             self.remove(hash);
             return;
         }
+        self.reweigh(slot, weight);
+        self.evict();
+    }
+
+    /// Sets a live slot's weight, keeping its queue's byte count right.
+    fn reweigh(&mut self, slot: u32, weight: u64) {
         let s = &mut self.slots[slot as usize];
         let old = std::mem::replace(&mut s.weight, weight);
-        if s.in_main {
-            self.main_bytes = self.main_bytes - old + weight;
+        let queue_bytes = if s.in_main {
+            &mut self.main_bytes
         } else {
-            self.small_bytes = self.small_bytes - old + weight;
-        }
-        self.evict();
+            &mut self.small_bytes
+        };
+        *queue_bytes = *queue_bytes - old + weight;
     }
 
     /// Keeps only the values `keep` accepts; returns how many were removed.

@@ -658,12 +658,8 @@ mod tests {
             last_modified: None,
             stored_ms: 0,
             freshness: Freshness {
-                lifetime: 10,
-                initial_age: 0,
-                no_cache: false,
-                must_revalidate: false,
                 stale_while_revalidate: 5,
-                stale_if_error: 0,
+                ..Freshness::lasting(10)
             },
         }
     }

@@ -153,6 +153,20 @@ pub struct Freshness {
     pub stale_if_error: u64,
 }
 
+impl Freshness {
+    /// Fresh for `lifetime` seconds from now, with no other constraint.
+    pub fn lasting(lifetime: u64) -> Freshness {
+        Freshness {
+            lifetime,
+            initial_age: 0,
+            no_cache: false,
+            must_revalidate: false,
+            stale_while_revalidate: 0,
+            stale_if_error: 0,
+        }
+    }
+}
+
 /// Statuses a cache may store without explicit freshness (RFC 9110 §15.1).
 fn heuristically_cacheable(status: u16) -> bool {
     matches!(

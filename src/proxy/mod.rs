@@ -386,11 +386,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 if gateway.caching && !safe {
                     // An unsafe method: a success invalidates what the cache holds for the
                     // URI, on every worker (RFC 9111 §4.4).
-                    let mut scratch = std::mem::take(&mut self.cache.validators);
-                    let hashes =
-                        crate::cache::invalidation_hashes(&self.buf, &self.head, &mut scratch);
-                    scratch.clear();
-                    self.cache.validators = scratch;
+                    // The key buffer is free: this request is not looked up in the cache.
+                    let scratch = &mut self.cache.key.bytes;
+                    let hashes = crate::cache::invalidation_hashes(&self.buf, &self.head, scratch);
                     self.cache.invalidates = Some(hashes);
                 }
                 let keep = self.proxy(route, integration).await;
