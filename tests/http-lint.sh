@@ -233,19 +233,8 @@ upstream = "origin"
 cache = { ttl = "60s" }
 TOML
 
-if [ $# -ge 1 ]; then
-  weir=$1
-else
-  cargo build --quiet --bin weir
-  weir=target/debug/weir
-fi
-"$weir" run -c "$tmp/weir.toml" 2>"$tmp/weir.log" &
-weir_pid=$!
-for _ in $(seq 1 100); do
-  grep -q 'listening on' "$tmp/weir.log" && break
-  sleep 0.1
-done
-addr=$(sed -n 's/^weir: listening on http:\/\/\([^ ]*\) .*/\1/p' "$tmp/weir.log" | head -n 1)
-[ -n "$addr" ] || { cat "$tmp/weir.log"; echo "http-lint: weir did not start"; exit 1; }
+# shellcheck source=start-weir.sh
+source tests/start-weir.sh
+start_weir "${1:-}" "$tmp/weir.toml" "$tmp/weir.log" http-lint
 
 "$py" "$tmp/lint.py" "$addr" "$origin" /api/items/42

@@ -33,15 +33,9 @@ path = "/{*rest}"
 mock = { body = "scanned" }
 TOML
 
-cargo build --quiet --bin weir
-target/debug/weir run -c "$tmp/weir.toml" 2>"$tmp/weir.log" &
-weir_pid=$!
-for _ in $(seq 1 100); do
-  grep -q 'listening on' "$tmp/weir.log" && break
-  sleep 0.1
-done
-addr=$(sed -n 's/^weir: listening on http:\/\/\([^ ]*\) .*/\1/p' "$tmp/weir.log" | head -n 1)
-[ -n "$addr" ] || { cat "$tmp/weir.log"; echo "tls-scan: weir did not start"; exit 1; }
+# shellcheck source=start-weir.sh
+source tests/start-weir.sh
+start_weir "" "$tmp/weir.toml" "$tmp/weir.log" tls-scan
 
 scan=$(timeout 120 sslscan --no-colour --sni-name=scan.weir.test "$addr")
 echo "$scan" | sed -n '/SSL\/TLS Protocols/,/Supported Server Cipher/p'
