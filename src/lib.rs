@@ -18,6 +18,7 @@ pub mod config;
 pub mod gateway;
 pub mod http;
 pub mod limit;
+pub mod log;
 pub mod net;
 pub mod proxy;
 pub mod quota;

@@ -1,11 +1,17 @@
-//! The `weir` command: `run`, `check`, `usage`, `purge`, `--version`, `--help`.
+//! The `weir` command: `run`, `check`, `routes`, `usage`, `purge`, `--version`, `--help`,
+//! and the signals a running gateway answers.
+//!
+//! Must not: hold gateway logic. Each subcommand loads the config through
+//! [`weir::config::load`] and hands it to the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH};
 use signal_hook::iterator::Signals;
+use weir::config::{Config, HostPattern, Integration};
+use weir::{error, info, warn};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -16,32 +22,80 @@ weir: an io_uring, thread-per-core edge proxy and API gateway
 USAGE:
     weir run -c FILE      start the gateway with the config FILE
     weir check -c FILE    check a config and print every error with file:line:column
+    weir routes -c FILE   print the route table Weir would serve, with each route's stages
     weir usage -c FILE [KEY]
                           print each API key's quota use in the current period
     weir purge --pid PID [ROUTE...]
                           purge the response cache of the running gateway PID: the
                           named routes (by `name`), or everything
     weir --version        print the version
-    weir --help           print this help
+    weir --help           print this help; `weir COMMAND --help` for one command
+
+    -c FILE and --config FILE are the same.
 
 SIGNALS:
-    SIGTERM, SIGINT       stop accepting, let in-flight requests finish (up to
-                          [server] drain_timeout), then exit 0; a second signal exits now
+    SIGTERM, SIGINT, SIGQUIT
+                          stop accepting, let in-flight requests finish (up to
+                          [server] drain_timeout), then exit 0; a second one exits now
     SIGHUP                re-read TLS certificates and keys; on an error keep the old ones
+    SIGUSR1               reopen log files (logrotate's postrotate); Weir logs to stderr
     SIGUSR2               purge the response cache (the routes `weir purge` asked for, or all)
+    SIGWINCH              ignored (nginx stops daemon workers with it; Weir has none)
 
 The config format is described in docs/config.md.";
 
+const RUN_HELP: &str = "\
+weir run -c FILE
+
+Starts the gateway with the config FILE (also --config FILE): one worker per core, each
+listener bound on every worker. Log lines go to stderr, each with an RFC 3339 timestamp
+and a level. The config is checked first, exactly as `weir check` does; any error stops
+the start with exit 1. See `weir --help` for the signals a running gateway answers.";
+
+const CHECK_HELP: &str = "\
+weir check -c FILE
+
+Checks the config FILE (also --config FILE) without starting anything: every unknown key,
+wrong type and impossible setting is printed as `file:line:column: message`, all of them
+at once, in file order. Exit 0 and a one-line summary when the file is good, 1 otherwise.";
+
+const ROUTES_HELP: &str = "\
+weir routes -c FILE
+
+Prints the route table Weir would serve for the config FILE (also --config FILE): for each
+route its listener, host, path, methods, integration and stages, in the order they are
+checked. Exit 1 with every error when the file does not check.";
+
+const USAGE_HELP: &str = "\
+weir usage -c FILE [KEY]
+
+Prints each API key's quota use in the current period, read from the quota store of the
+config FILE (also --config FILE); only KEY's rows when a key id is given.";
+
+const PURGE_HELP: &str = "\
+weir purge --pid PID [ROUTE...]
+
+Purges the response cache of the running gateway PID on every worker: the routes named
+ROUTE (by their `name`), or everything when no route is named. Sends SIGUSR2.";
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let wants_help = args.iter().skip(1).any(|a| a == "-h" || a == "--help");
     match args.first().map(String::as_str) {
         Some("-V" | "--version" | "version") => {
             println!("weir {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Some("-h" | "--help" | "help") | None => {
-            println!("{HELP}");
-            ExitCode::SUCCESS
+        Some("-h" | "--help") | None => help(HELP),
+        Some("help") => match args.get(1).map(String::as_str) {
+            None => help(HELP),
+            Some(cmd) => subcommand_help(cmd).map_or_else(
+                || fail(&format!("unknown command `{cmd}`; see `weir --help`")),
+                help,
+            ),
+        },
+        Some(cmd) if wants_help && subcommand_help(cmd).is_some() => {
+            help(subcommand_help(cmd).unwrap_or(HELP))
         }
         Some("usage") => match args.get(1..3).map(config_path) {
             Some(Ok(path)) => usage(path, args.get(3).map(String::as_str)),
@@ -51,13 +105,30 @@ fn main() -> ExitCode {
             (Some("--pid"), Some(pid)) => purge(pid, &args[3..]),
             _ => fail("expected `weir purge --pid PID [ROUTE...]`"),
         },
-        Some(cmd @ ("run" | "check")) => match config_path(&args[1..]) {
+        Some(cmd @ ("run" | "check" | "routes")) => match config_path(&args[1..]) {
             Ok(path) if cmd == "run" => run(path),
-            Ok(path) => check(path),
-            Err(msg) => fail(&msg),
+            Ok(path) if cmd == "check" => check(path),
+            Ok(path) => routes(path),
+            Err(msg) => fail(&format!("{msg}: `weir {cmd} -c FILE`")),
         },
         Some(other) => fail(&format!("unknown command `{other}`; see `weir --help`")),
     }
+}
+
+fn subcommand_help(cmd: &str) -> Option<&'static str> {
+    Some(match cmd {
+        "run" => RUN_HELP,
+        "check" => CHECK_HELP,
+        "routes" => ROUTES_HELP,
+        "usage" => USAGE_HELP,
+        "purge" => PURGE_HELP,
+        _ => return None,
+    })
+}
+
+fn help(text: &str) -> ExitCode {
+    println!("{text}");
+    ExitCode::SUCCESS
 }
 
 /// Where `weir purge` leaves the route names for process `pid` before signalling it.
@@ -89,7 +160,7 @@ fn purge(pid: &str, routes: &[String]) -> ExitCode {
 fn config_path(args: &[String]) -> Result<PathBuf, String> {
     match args {
         [flag, path] if flag == "-c" || flag == "--config" => Ok(PathBuf::from(path)),
-        _ => Err("expected `-c FILE`; see `weir --help`".into()),
+        _ => Err("expected `-c FILE` (or `--config FILE`)".into()),
     }
 }
 
@@ -98,38 +169,157 @@ fn fail(msg: &str) -> ExitCode {
     ExitCode::from(1)
 }
 
-fn check(path: PathBuf) -> ExitCode {
-    match weir::config::load(&path) {
-        Ok(config) => {
-            println!(
-                "{}: ok ({} listeners, {} upstreams, {} routes)",
-                path.display(),
-                config.listeners.len(),
-                config.upstreams.len(),
-                config.routes.len()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!(
-                "{}: {} error{}",
-                path.display(),
-                errors.0.len(),
-                if errors.0.len() == 1 { "" } else { "s" }
-            );
-            ExitCode::from(1)
-        }
+/// Loads a config, or prints every error and gives the exit code.
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    weir::config::load(path).map_err(|errors| {
+        eprintln!("{errors}");
+        ExitCode::from(1)
+    })
+}
+
+fn plural(n: usize, one: &'static str, many: &'static str) -> &'static str {
+    if n == 1 {
+        one
+    } else {
+        many
     }
 }
 
-fn usage(path: PathBuf, only_key: Option<&str>) -> ExitCode {
+fn check(path: PathBuf) -> ExitCode {
     let config = match weir::config::load(&path) {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("{errors}");
+            let n = errors.0.len();
+            eprintln!("{}: {n} {}", path.display(), plural(n, "error", "errors"));
             return ExitCode::from(1);
         }
+    };
+    let count = |n: usize, one, many| format!("{n} {}", plural(n, one, many));
+    println!(
+        "{}: ok: {} on {}, {}",
+        path.display(),
+        count(config.routes.len(), "route", "routes"),
+        count(config.listeners.len(), "listener", "listeners"),
+        count(config.upstreams.len(), "upstream", "upstreams"),
+    );
+    ExitCode::SUCCESS
+}
+
+/// `weir routes`: one row per route, in the order routes are matched for each listener.
+fn routes(path: PathBuf) -> ExitCode {
+    let config = match load(&path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rows: Vec<[String; 6]> = config
+        .routes
+        .iter()
+        .map(|r| {
+            let listener = r
+                .listener
+                .map_or_else(|| "*".to_string(), |l| config.listeners[l].name.clone());
+            let host = match &r.host {
+                HostPattern::Default => "*".to_string(),
+                HostPattern::Exact(h) => h.clone(),
+                HostPattern::Wildcard(suffix) => format!("*{suffix}"),
+            };
+            let methods = r.methods.as_ref().map_or("ANY".into(), |m| m.join(","));
+            let integration = match &r.integration {
+                Integration::Http(h) => format!("upstream {}", config.upstreams[h.upstream].name),
+                Integration::Mock(m) => format!("mock {}", m.status),
+            };
+            [
+                listener,
+                host,
+                r.path.clone(),
+                methods,
+                integration,
+                stages(&config, r),
+            ]
+        })
+        .collect();
+    let header = [
+        "LISTENER",
+        "HOST",
+        "PATH",
+        "METHODS",
+        "INTEGRATION",
+        "STAGES",
+    ];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let print = |cells: [&str; 6]| {
+        let mut line = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        println!("{}", line.trim_end());
+    };
+    print(header);
+    for row in &rows {
+        print(row.each_ref().map(String::as_str));
+    }
+    ExitCode::SUCCESS
+}
+
+/// The stages a route's requests go through, in order, as `weir routes` shows them.
+fn stages(config: &Config, r: &weir::config::Route) -> String {
+    let route_index = config
+        .routes
+        .iter()
+        .position(|x| std::ptr::eq(x, r))
+        .unwrap_or(0);
+    let mut out = Vec::new();
+    if r.api_key_required {
+        out.push("api_key".to_string());
+    }
+    let plans: Vec<&str> = config
+        .usage_plans
+        .iter()
+        .filter(|p| p.covers[route_index])
+        .map(|p| p.name.as_str())
+        .collect();
+    if !plans.is_empty() {
+        out.push(format!("usage_plan({})", plans.join(",")));
+    }
+    let throttles = [
+        config.throttle.as_ref(),
+        r.listener
+            .and_then(|l| config.listeners[l].throttle.as_ref()),
+        r.throttle.as_ref(),
+    ];
+    for t in throttles.into_iter().flatten() {
+        out.push(format!(
+            "throttle({} {}/s burst {})",
+            t.name, t.rate, t.burst
+        ));
+    }
+    if let Some((t, _)) = &r.throttle_per_ip {
+        out.push(format!("throttle_per_ip({}/s burst {})", t.rate, t.burst));
+    }
+    if let Some(c) = &r.cache {
+        out.push(format!("cache(ttl {}s)", c.ttl.as_secs()));
+    }
+    if out.is_empty() {
+        "-".into()
+    } else {
+        out.join(" → ")
+    }
+}
+
+fn usage(path: PathBuf, only_key: Option<&str>) -> ExitCode {
+    let config = match load(&path) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
     let store = &config.quota_store;
     let stored = if store.exists() {
@@ -171,76 +361,96 @@ fn usage(path: PathBuf, only_key: Option<&str>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        SIGTERM => "SIGTERM",
+        SIGINT => "SIGINT",
+        SIGQUIT => "SIGQUIT",
+        SIGHUP => "SIGHUP",
+        SIGUSR1 => "SIGUSR1",
+        SIGUSR2 => "SIGUSR2",
+        SIGWINCH => "SIGWINCH",
+        _ => "a signal",
+    }
+}
+
 fn run(path: PathBuf) -> ExitCode {
-    let config = match weir::config::load(&path) {
+    let config = match load(&path) {
         Ok(c) => c,
-        Err(errors) => {
-            eprintln!("{errors}");
+        Err(code) => return code,
+    };
+    let drain = config.server.drain_timeout;
+    // Registered before the workers start, so an early signal is never fatal: every
+    // signal an nginx or systemd user sends is handled, none kills Weir without a drain.
+    let mut signals =
+        match Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH]) {
+            Ok(s) => s,
+            Err(e) => return fail(&format!("cannot handle signals: {e}")),
+        };
+    let running = match weir::server::start(config) {
+        Ok(r) => r,
+        Err(msg) => {
+            error!("{msg}");
             return ExitCode::from(1);
         }
     };
-    let drain = config.server.drain_timeout;
-    // Registered before the workers start, so an early signal is never fatal.
-    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR2]) {
-        Ok(s) => s,
-        Err(e) => return fail(&format!("cannot handle signals: {e}")),
-    };
-    let running = match weir::server::start(config) {
-        Ok(r) => r,
-        Err(msg) => return fail(&msg),
-    };
-    for (name, addr) in &running.addresses {
-        eprintln!("weir: listening on http://{addr} (listener `{name}`)");
+    for l in &running.listeners {
+        info!("listening on {} (listener `{}`)", l.url(), l.name);
     }
     let cpus: Vec<String> = running
         .cpus
         .iter()
         .map(|c| c.map_or("-".into(), |c| c.to_string()))
         .collect();
-    eprintln!(
-        "weir: {} worker{} on {}, pinned to CPUs [{}]",
+    info!(
+        "{} {} on {}, pinned to CPUs [{}]",
         running.workers,
-        if running.workers == 1 { "" } else { "s" },
+        plural(running.workers, "worker", "workers"),
         running.driver,
         cpus.join(", ")
     );
 
+    let is_stop = |sig: i32| matches!(sig, SIGTERM | SIGINT | SIGQUIT);
     let first = signals.forever().find(|&sig| {
-        if sig == SIGHUP {
-            for line in running.reload_certificates() {
-                eprintln!("weir: SIGHUP: {line}");
+        let name = signal_name(sig);
+        match sig {
+            SIGHUP => {
+                for line in running.reload_certificates() {
+                    info!("{name}: {line}");
+                }
             }
-        }
-        if sig == SIGUSR2 {
-            // The routes `weir purge` left for this process, if it left any.
-            let request = purge_request_path(std::process::id());
-            let routes: Vec<String> = std::fs::read_to_string(&request)
-                .map(|text| text.lines().map(str::to_string).collect())
-                .unwrap_or_default();
-            let _ = std::fs::remove_file(&request);
-            for line in running.purge_cache(&routes) {
-                eprintln!("weir: SIGUSR2: {line}");
+            SIGUSR1 => info!("{name}: no log file to reopen: Weir logs to stderr"),
+            SIGUSR2 => {
+                // The routes `weir purge` left for this process, if it left any.
+                let request = purge_request_path(std::process::id());
+                let routes: Vec<String> = std::fs::read_to_string(&request)
+                    .map(|text| text.lines().map(str::to_string).collect())
+                    .unwrap_or_default();
+                let _ = std::fs::remove_file(&request);
+                for line in running.purge_cache(&routes) {
+                    info!("{name}: {line}");
+                }
             }
+            SIGWINCH => {
+                info!("{name}: ignored (Weir has no daemon workers; SIGQUIT stops gracefully)")
+            }
+            _ => {}
         }
-        sig != SIGHUP && sig != SIGUSR2
+        is_stop(sig)
     });
-    eprintln!(
-        "weir: {}: draining (up to {:?})",
-        if first == Some(SIGINT) {
-            "SIGINT"
-        } else {
-            "SIGTERM"
-        },
+    info!(
+        "{}: draining (up to {:?})",
+        first.map_or("a signal", signal_name),
         drain
     );
     running.shutdown_flag().store(true, Ordering::Relaxed);
     std::thread::spawn(move || {
-        if signals.forever().any(|sig| sig != SIGHUP && sig != SIGUSR2) {
-            eprintln!("weir: second signal: exiting now");
+        if let Some(sig) = signals.forever().find(|&sig| is_stop(sig)) {
+            warn!("second {}: exiting now", signal_name(sig));
             std::process::exit(1);
         }
     });
     running.wait();
-    eprintln!("weir: stopped");
+    info!("stopped");
     ExitCode::SUCCESS
 }

@@ -268,7 +268,7 @@ impl Persister {
                         thread::sleep(FLUSH_EVERY / 10);
                     }
                     if let Err(e) = store(&path, &counters, &mut last) {
-                        eprintln!("weir: cannot write quota store {}: {e}", path.display());
+                        crate::error!("cannot write quota store {}: {e}", path.display());
                     }
                 }
             })

@@ -33,10 +33,27 @@ impl std::fmt::Display for Driver {
     }
 }
 
+/// A listener as bound: its name, its address (the real port when the config said 0),
+/// and whether it speaks TLS.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub tls: bool,
+}
+
+impl Bound {
+    /// `http://127.0.0.1:8080` or `https://...`.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+}
+
 /// A running gateway.
 pub struct Running {
-    /// The bound address of each listener, in config order.
-    pub addresses: Vec<(String, SocketAddr)>,
+    /// Each listener as bound, in config order.
+    pub listeners: Vec<Bound>,
     pub workers: usize,
     pub driver: Driver,
     pub cpus: Vec<Option<usize>>,
@@ -113,7 +130,7 @@ pub fn start(config: Config) -> Result<Running, String> {
 
     // Bind one socket per worker per listener now, so a bind error stops start-up cleanly.
     // With port 0 the first socket picks the port and the others join it.
-    let mut addresses = Vec::new();
+    let mut bound = Vec::new();
     let mut sockets: Vec<Vec<(usize, std::net::TcpListener)>> =
         (0..workers).map(|_| Vec::new()).collect();
     for (index, l) in config.listeners.iter().enumerate() {
@@ -126,7 +143,11 @@ pub fn start(config: Config) -> Result<Running, String> {
             }
             per_worker.push((index, socket));
         }
-        addresses.push((l.name.clone(), addr));
+        bound.push(Bound {
+            name: l.name.clone(),
+            addr,
+            tls: l.tls.is_some(),
+        });
     }
 
     let gateway = Arc::new(Gateway::new(config, workers)?);
@@ -178,7 +199,7 @@ pub fn start(config: Config) -> Result<Running, String> {
         }
     }
     Ok(Running {
-        addresses,
+        listeners: bound,
         workers,
         driver: driver.unwrap_or(Driver::Epoll),
         cpus: pinned,
@@ -216,7 +237,7 @@ fn worker_thread(
     } = plan;
     if let Some(cpu) = cpu {
         if let Err(e) = crate::net::pin_current_thread(cpu) {
-            eprintln!("weir: worker {id}: cannot pin to CPU {cpu}: {e}");
+            crate::warn!("worker {id}: cannot pin to CPU {cpu}: {e}");
         }
     }
     let server = &gateway.config.server;

@@ -166,7 +166,7 @@ impl Worker {
                 Ok(l) => {
                     monoio::spawn(accept_loop(self.clone(), index, l));
                 }
-                Err(e) => eprintln!("weir: worker {}: cannot use listener: {e}", self.id),
+                Err(e) => crate::error!("worker {}: cannot use listener: {e}", self.id),
             }
         }
         // The signal arrives on the main thread; a 100 ms poll is ten wake-ups a second,
@@ -180,8 +180,8 @@ impl Worker {
             monoio::time::sleep(Duration::from_millis(10)).await;
         }
         if self.in_flight.get() > 0 {
-            eprintln!(
-                "weir: worker {}: drain timeout with {} requests in flight",
+            crate::warn!(
+                "worker {}: drain timeout with {} requests in flight",
                 self.id,
                 self.in_flight.get()
             );
@@ -232,7 +232,7 @@ async fn accept_loop(worker: Rc<Worker>, index: usize, listener: monoio::net::Tc
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning on the error.
-                    eprintln!("weir: worker {}: accept failed: {e}", worker.id);
+                    crate::error!("worker {}: accept failed: {e}", worker.id);
                     monoio::time::sleep(Duration::from_millis(50)).await;
                 }
             }

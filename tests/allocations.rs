@@ -128,7 +128,7 @@ fn steady_state_proxying_allocates_nothing_per_request() {
     )
     .unwrap();
     let running = weir::server::start(config).unwrap();
-    let addr = running.addresses[0].1;
+    let addr = running.listeners[0].addr;
 
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_nodelay(true).unwrap();

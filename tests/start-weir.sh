@@ -15,6 +15,6 @@ start_weir() {
     grep -q 'listening on' "$log" && break
     sleep 0.1
   done
-  addr=$(sed -n 's/^weir: listening on http:\/\/\([^ ]*\) .*/\1/p' "$log" | head -n 1)
+  addr=$(sed -n 's/^.* INFO listening on https\{0,1\}:\/\/\([^ ]*\) .*/\1/p' "$log" | head -n 1)
   [ -n "$addr" ] || { cat "$log"; echo "$name: weir did not start"; exit 1; }
 }

@@ -104,10 +104,7 @@ fn startup_reports_listeners_workers_and_driver() {
         "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nmock = {}\n",
     );
     let log = weir.log();
-    assert!(
-        log.contains("weir: listening on http://127.0.0.1:"),
-        "{log}"
-    );
+    assert!(log.contains("INFO listening on http://127.0.0.1:"), "{log}");
     assert!(log.contains("2 workers on "), "{log}");
 }
 

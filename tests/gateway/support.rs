@@ -94,8 +94,13 @@ impl Weir {
             return Err(log.lock().unwrap().clone());
         }
         for line in log.lock().unwrap().lines() {
-            // weir: listening on http://127.0.0.1:PORT (listener `NAME`)
-            if let Some(rest) = line.strip_prefix("weir: listening on http://") {
+            // 2026-12-03T18:37:19.123Z INFO listening on http://127.0.0.1:PORT (listener `NAME`)
+            // (https:// for a TLS listener)
+            let listening = line.split_once(" INFO listening on ").map(|(_, r)| r);
+            if let Some(rest) = listening.and_then(|r| {
+                r.strip_prefix("http://")
+                    .or_else(|| r.strip_prefix("https://"))
+            }) {
                 let (addr, name) = rest.split_once(" (listener `").expect("listener line");
                 let name = name.trim_end_matches("`)");
                 weir.listeners
