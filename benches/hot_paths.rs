@@ -157,6 +157,8 @@ fn rewrite(c: &mut Criterion) {
                         extra: b"",
                         drop_conditionals: false,
                         validators: b"",
+                        hidden: [b"", b""],
+                        api_key_id: None,
                     },
                 );
                 black_box(&out);

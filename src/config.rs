@@ -246,6 +246,10 @@ pub struct Route {
     pub name: Option<String>,
     /// Requests need a valid API key (403 otherwise, before any other work).
     pub api_key_required: bool,
+    /// The client's API key header goes on to the upstream (else it is removed).
+    pub forward_api_key: bool,
+    /// Lower-case header that carries the checked key's `id` upstream.
+    pub api_key_id_header: Option<String>,
     /// The response cache for this route, if it has one.
     pub cache: Option<RouteCache>,
 }
@@ -375,7 +379,7 @@ struct ConfigFile {
 #[serde(deny_unknown_fields)]
 struct ServerFile {
     /// `"auto"` (one per allowed CPU) or a number. Like nginx `worker_processes`.
-    workers: Option<WorkersFile>,
+    workers: Option<Spanned<WorkersFile>>,
     /// Pin worker N to the N-th CPU of the process's affinity mask. Default true.
     /// Like nginx `worker_cpu_affinity auto`.
     pin: Option<bool>,
@@ -384,7 +388,7 @@ struct ServerFile {
     /// io_uring setup: `"auto"`, `"defer_taskrun"`, `"coop_taskrun"`, `"plain"`.
     ring: Option<RingMode>,
     /// Submission queue entries per worker ring (256..=32768). Default 1024.
-    ring_entries: Option<u32>,
+    ring_entries: Option<Spanned<u32>>,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT. Default 30s.
     drain_timeout: Option<Dur>,
 }
@@ -394,24 +398,25 @@ struct ServerFile {
 #[serde(deny_unknown_fields)]
 struct HttpFile {
     /// Largest request head (request line + headers). Default 16k. Over it: 431.
-    max_head: Option<Size>,
+    max_head: Option<Spanned<Size>>,
     /// Longest request target. Default 8k (or half of `max_head` if that is smaller). Over it: 414.
-    max_uri: Option<Size>,
+    max_uri: Option<Spanned<Size>>,
     /// Most header fields in one request. Default 100. Over it: 431.
-    max_headers: Option<u32>,
+    max_headers: Option<Spanned<u32>>,
     /// Time allowed to receive a whole request head. Default 60s (nginx
     /// `client_header_timeout`). Over it: 408 and close.
-    header_timeout: Option<Dur>,
+    header_timeout: Option<Spanned<Dur>>,
     /// Longest pause between two reads of a request body. Default 60s (nginx
     /// `client_body_timeout`). Over it: 408 and close.
-    body_timeout: Option<Dur>,
+    body_timeout: Option<Spanned<Dur>>,
     /// How long an idle keep-alive connection is kept. Default 75s (nginx `keepalive_timeout`).
-    keepalive_timeout: Option<Dur>,
+    keepalive_timeout: Option<Spanned<Dur>>,
     /// Requests served on one connection before it is closed. Default 1000
     /// (nginx `keepalive_requests`).
-    keepalive_requests: Option<u32>,
+    keepalive_requests: Option<Spanned<u32>>,
     /// Default largest request body for routes that set none. Default 10m (nginx
     /// `client_max_body_size`, API Gateway's 10 MB payload limit). Over it: 413.
+    /// 0: no limit, as in nginx.
     max_body: Option<Size>,
 }
 
@@ -439,7 +444,7 @@ struct ListenerFile {
 struct TlsFile {
     /// `{ cert = "fullchain.pem", key = "key.pem", names = ["api.example.com"] }`, chosen by
     /// SNI; one without `names` (or else the first) is the default.
-    certificates: Vec<CertificateFile>,
+    certificates: Vec<Spanned<CertificateFile>>,
     /// Accept TLS 1.2 too. Default true (nginx's `ssl_protocols TLSv1.2 TLSv1.3`).
     tls12: Option<bool>,
     /// Default 10s. A client that stalls mid-handshake is closed after it.
@@ -466,7 +471,7 @@ struct CertificateFile {
 #[serde(deny_unknown_fields)]
 struct ApiKeysFile {
     /// Request header carrying the key. Default `x-api-key`.
-    header: Option<String>,
+    header: Option<Spanned<String>>,
     /// A file of more `[[api_key]]` entries, relative to this config file.
     file: Option<Spanned<String>>,
 }
@@ -512,9 +517,9 @@ struct CacheFile {
 #[serde(deny_unknown_fields)]
 struct RouteCacheFile {
     /// Default freshness. Default 300s, at most 3600s (API Gateway's limits).
-    ttl: Option<Dur>,
+    ttl: Option<Spanned<Dur>>,
     /// Largest response stored. Default 1m, at most 64m.
-    max_entry: Option<Size>,
+    max_entry: Option<Spanned<Size>>,
     /// Methods answered from the cache. Default `["GET", "HEAD"]`.
     methods: Option<Vec<String>>,
     /// `"all"` (default), `"ignore"` or `"sorted"`.
@@ -531,7 +536,7 @@ struct RouteCacheFile {
     /// Serve stale entries this long when the upstream fails. Default 0s.
     stale_if_error: Option<Dur>,
     /// Longest wait for a concurrent fetch of the same key. Default 5s.
-    lock_timeout: Option<Dur>,
+    lock_timeout: Option<Spanned<Dur>>,
 }
 
 /// `quota = { limit = 1000, period = "DAY" }`.
@@ -587,10 +592,10 @@ struct UpstreamFile {
     /// `"round_robin"` (default) or `"least_outstanding"`.
     balance: Option<Balance>,
     /// Default 5s (nginx `proxy_connect_timeout` is 60s; Envoy's is 5s). Over it: next target, then 504.
-    connect_timeout: Option<Dur>,
+    connect_timeout: Option<Spanned<Dur>>,
     /// Longest wait for the response head, and between reads of the response body.
     /// Default 60s (nginx `proxy_read_timeout`). Over it: 504.
-    response_timeout: Option<Dur>,
+    response_timeout: Option<Spanned<Dur>>,
     /// Idle keep-alive connections kept per target per worker. Default 64 (nginx `keepalive`).
     max_idle: Option<u32>,
     /// Idle upstream connections older than this are closed. Default 60s (nginx `keepalive_timeout`).
@@ -617,11 +622,33 @@ struct UpstreamTlsFile {
     key: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+/// A target: `"host:port"` or `{ address = "host:port", weight = 2 }`.
+#[derive(Debug)]
 enum TargetFile {
     Plain(String),
     Table(TargetTable),
+}
+
+// By hand rather than `#[serde(untagged)]`, so that a mistake inside a target table (an
+// unknown key, a wrong type) is reported as itself, at its own place.
+impl<'de> Deserialize<'de> for TargetFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = TargetFile;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a target: \"host:port\" or { address = \"host:port\", weight = 2 }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<TargetFile, E> {
+                Ok(TargetFile::Plain(v.to_string()))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<TargetFile, A::Error> {
+                TargetTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(TargetFile::Table)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -655,7 +682,7 @@ struct RouteFile {
     preserve_host: Option<bool>,
     /// Send this `Host` upstream.
     set_host: Option<Spanned<String>>,
-    /// Largest request body for this route. Default `[http] max_body`.
+    /// Largest request body for this route. Default `[http] max_body`; 0: no limit.
     max_body: Option<Size>,
     /// A bucket for this route (the method level).
     throttle: Option<Spanned<ThrottleFile>>,
@@ -664,7 +691,13 @@ struct RouteFile {
     /// Name for usage plans (`routes = [...]`).
     name: Option<Spanned<String>>,
     /// Require a valid API key: 403 otherwise.
-    api_key_required: Option<bool>,
+    api_key_required: Option<Spanned<bool>>,
+    /// Send the client's API key header on to the upstream. Default false: the key is a
+    /// secret between the client and Weir, and is removed once checked.
+    forward_api_key: Option<Spanned<bool>>,
+    /// Send the checked key's `id` upstream in this header (e.g. `x-api-key-id`); any copy
+    /// the client sent is removed, so it cannot be forged.
+    api_key_id_header: Option<Spanned<String>>,
     /// Cache responses (upstream routes only).
     cache: Option<Spanned<RouteCacheFile>>,
 }
@@ -924,22 +957,140 @@ pub fn parse(src: &str, file: &str) -> Result<Config, ConfigErrors> {
         file,
         errors: Vec::new(),
     };
-    let raw: ConfigFile = match toml::from_str(src) {
-        Ok(raw) => raw,
-        Err(e) => {
-            let span = e.span().unwrap_or(0..0);
-            ck.error(span, e.message().trim().to_string());
-            return Err(ConfigErrors(ck.errors));
-        }
-    };
-    let config = resolve(raw, &mut ck);
+    let (raw, damage) = deserialize_all(src, &mut ck);
+    let structural = ck.errors.len();
+    let config = raw.and_then(|raw| resolve(raw, &mut ck));
     if ck.errors.is_empty() {
         if let Some(config) = config {
             return Ok(config);
         }
     }
+    // A check that only failed because an entry was taken out is not news: drop the
+    // semantic errors at the start of a table that lost an entry (for example "this route
+    // has no integration" when its `upstream` had the wrong type), and all of them once a
+    // whole table was taken out, since references to it would fail too.
+    let semantic = ck.errors.split_off(structural);
+    if !damage.dropped_table {
+        let starts: Vec<(usize, usize)> =
+            damage.tables.iter().map(|t| ck.position(t.start)).collect();
+        ck.errors.extend(
+            semantic
+                .into_iter()
+                .filter(|e| !starts.contains(&(e.line, e.column))),
+        );
+    }
     ck.errors.sort_by_key(|e| (e.line, e.column));
+    ck.errors.dedup();
     Err(ConfigErrors(ck.errors))
+}
+
+/// What [`deserialize_all`] had to take out of the document.
+#[derive(Default)]
+struct Damage {
+    /// The spans of the tables that lost an entry.
+    tables: Vec<Range<usize>>,
+    /// A whole table (or array element) was taken out.
+    dropped_table: bool,
+}
+
+/// Deserializes the file, reporting every unknown key and every value of the wrong type,
+/// not only the first: serde stops at the first mistake, so each mistake found is recorded
+/// and the entry holding it (the key and its value, or the array element) is taken out
+/// of the parsed document before trying again. Spans always refer to the text as
+/// written, so every message keeps its line and column. `None` when nothing can be
+/// trusted (a syntax error).
+fn deserialize_all<T: de::DeserializeOwned>(src: &str, ck: &mut Checker) -> (Option<T>, Damage) {
+    let mut damage = Damage::default();
+    let mut doc = match toml::de::DeTable::parse(src) {
+        Ok(doc) => doc,
+        Err(e) => {
+            ck.error(e.span().unwrap_or(0..0), e.message().trim().to_string());
+            return (None, damage);
+        }
+    };
+    for _ in 0..1000 {
+        let e = match T::deserialize(toml::de::Deserializer::from(doc.clone())) {
+            Ok(raw) => return (Some(raw), damage),
+            Err(e) => e,
+        };
+        let at = e.span().unwrap_or(0..0);
+        // A table that lost an entry may now lack a required key: already reported.
+        let consequence = damage
+            .tables
+            .iter()
+            .any(|t| *t == at || holds(at.clone(), t));
+        if !consequence {
+            ck.error(at.clone(), e.message().trim().to_string());
+        }
+        if !remove_entry_at(doc.get_mut(), 0..0, &at, &mut damage) {
+            break;
+        }
+    }
+    (None, damage)
+}
+
+/// Takes out of `table` (whose own span is `span`) the innermost entry holding `at`: a
+/// key whose span is `at`, or the key and value, or array element, whose value contains
+/// it. Every child is searched, deepest first: a `[header]` table's span is its header
+/// line only, not the keys under it.
+fn remove_entry_at(
+    table: &mut toml::de::DeTable,
+    span: Range<usize>,
+    at: &Range<usize>,
+    damage: &mut Damage,
+) -> bool {
+    let mut found = None;
+    for (key, value) in table.iter_mut() {
+        if remove_in_value(value, at, damage) {
+            return true;
+        }
+        if found.is_none() && (key.span() == *at || holds(value.span(), at)) {
+            let is_table = matches!(value.get_ref(), toml::de::DeValue::Table(_));
+            found = Some((key.get_ref().to_string(), is_table));
+        }
+    }
+    let Some((name, is_table)) = found else {
+        return false;
+    };
+    table.remove(name.as_str());
+    damage.tables.push(span);
+    damage.dropped_table |= is_table;
+    true
+}
+
+fn remove_in_value(
+    value: &mut toml::Spanned<toml::de::DeValue>,
+    at: &Range<usize>,
+    damage: &mut Damage,
+) -> bool {
+    let span = value.span();
+    match value.get_mut() {
+        toml::de::DeValue::Table(t) => remove_entry_at(t, span, at, damage),
+        toml::de::DeValue::Array(items) => {
+            for item in items.iter_mut() {
+                if remove_in_value(item, at, damage) {
+                    return true;
+                }
+            }
+            let Some(i) = items.iter().position(|v| holds(v.span(), at)) else {
+                return false;
+            };
+            damage.dropped_table |= matches!(items[i].get_ref(), toml::de::DeValue::Table(_));
+            damage.tables.push(span);
+            *items = items
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != i)
+                .map(|(_, v)| v.clone())
+                .collect();
+            true
+        }
+        _ => false,
+    }
+}
+
+fn holds(outer: Range<usize>, inner: &Range<usize>) -> bool {
+    outer.start <= inner.start && inner.end <= outer.end && !outer.is_empty()
 }
 
 fn resolve(raw: ConfigFile, ck: &mut Checker) -> Option<Config> {
@@ -959,7 +1110,7 @@ fn resolve(raw: ConfigFile, ck: &mut Checker) -> Option<Config> {
     for l in raw.listener {
         let span = l.span();
         let l = l.into_inner();
-        let address = match resolve_addr(l.address.get_ref()) {
+        let address = match resolve_listen_addr(l.address.get_ref()) {
             Ok(a) => a,
             Err(msg) => {
                 ck.error(l.address.span(), msg);
@@ -1006,14 +1157,19 @@ fn resolve(raw: ConfigFile, ck: &mut Checker) -> Option<Config> {
         }
     }
 
+    let (api_key_header, api_keys) = resolve_api_keys(raw.api_keys, raw.api_key, ck);
     let mut routes = Vec::new();
     for r in raw.route {
-        if let Some(route) = resolve_route(r, &listeners, &upstreams, &http, ck) {
+        let context = RouteContext {
+            listeners: &listeners,
+            upstreams: &upstreams,
+            http: &http,
+            have_keys: !api_keys.is_empty(),
+        };
+        if let Some(route) = resolve_route(r, &context, ck) {
             routes.push(route);
         }
     }
-
-    let (api_key_header, api_keys) = resolve_api_keys(raw.api_keys, raw.api_key, ck);
     let usage_plans = raw
         .usage_plan
         .into_iter()
@@ -1063,25 +1219,19 @@ fn resolve(raw: ConfigFile, ck: &mut Checker) -> Option<Config> {
 }
 
 fn resolve_server(raw: Option<Spanned<ServerFile>>, ck: &mut Checker) -> Server {
-    let (span, s) = match raw {
-        Some(s) => (s.span(), s.into_inner()),
-        None => (0..0, ServerFile::default()),
-    };
-    let workers = match s.workers {
-        None | Some(WorkersFile::Auto) => Workers::Auto,
-        Some(WorkersFile::Count(n)) if (1..=1024).contains(&n) => Workers::Count(n as usize),
-        Some(WorkersFile::Count(n)) => {
-            ck.error(
-                span.clone(),
-                format!("workers = {n}: use 1 to 1024, or \"auto\""),
-            );
+    let s = raw.map(Spanned::into_inner).unwrap_or_default();
+    let workers = match s.workers.as_ref().map(|w| (w.span(), w.get_ref())) {
+        None | Some((_, WorkersFile::Auto)) => Workers::Auto,
+        Some((_, &WorkersFile::Count(n))) if (1..=1024).contains(&n) => Workers::Count(n as usize),
+        Some((span, WorkersFile::Count(n))) => {
+            ck.error(span, format!("workers = {n}: use 1 to 1024, or \"auto\""));
             Workers::Auto
         }
     };
-    let ring_entries = s.ring_entries.unwrap_or(1024);
+    let ring_entries = s.ring_entries.as_ref().map_or(1024, |r| *r.get_ref());
     if !(256..=32768).contains(&ring_entries) || !ring_entries.is_power_of_two() {
         ck.error(
-            span,
+            s.ring_entries.as_ref().map_or(0..0, |r| r.span()),
             format!("ring_entries = {ring_entries}: use a power of two from 256 to 32768"),
         );
     }
@@ -1096,51 +1246,124 @@ fn resolve_server(raw: Option<Spanned<ServerFile>>, ck: &mut Checker) -> Server 
 }
 
 fn resolve_http(raw: Option<Spanned<HttpFile>>, ck: &mut Checker) -> HttpLimits {
-    let (span, h) = match raw {
-        Some(h) => (h.span(), h.into_inner()),
-        None => (0..0, HttpFile::default()),
+    let h = raw.map(Spanned::into_inner).unwrap_or_default();
+    let dur = |v: &Option<Spanned<Dur>>, default: u64| {
+        v.as_ref()
+            .map_or(Duration::from_secs(default), |d| d.get_ref().0)
     };
+    let max_head = h.max_head.as_ref().map(|s| s.get_ref().0 as usize);
     let limits = HttpLimits {
-        max_head: h.max_head.map_or(16 << 10, |s| s.0 as usize),
-        max_uri: h.max_uri.map_or_else(
-            || {
-                h.max_head
-                    .map_or(8 << 10, |m| (m.0 as usize / 2).min(8 << 10))
-            },
-            |s| s.0 as usize,
+        max_head: max_head.unwrap_or(16 << 10),
+        max_uri: h.max_uri.as_ref().map_or_else(
+            || max_head.map_or(8 << 10, |m| (m / 2).min(8 << 10)),
+            |s| s.get_ref().0 as usize,
         ),
-        max_headers: h.max_headers.map_or(100, |n| n as usize),
-        header_timeout: h.header_timeout.map_or(Duration::from_secs(60), |d| d.0),
-        body_timeout: h.body_timeout.map_or(Duration::from_secs(60), |d| d.0),
-        keepalive_timeout: h.keepalive_timeout.map_or(Duration::from_secs(75), |d| d.0),
-        keepalive_requests: h.keepalive_requests.unwrap_or(1000),
-        max_body: h.max_body.map_or(10 << 20, |s| s.0),
+        max_headers: h
+            .max_headers
+            .as_ref()
+            .map_or(100, |n| *n.get_ref() as usize),
+        header_timeout: dur(&h.header_timeout, 60),
+        body_timeout: dur(&h.body_timeout, 60),
+        keepalive_timeout: dur(&h.keepalive_timeout, 75),
+        keepalive_requests: h.keepalive_requests.as_ref().map_or(1000, |n| *n.get_ref()),
+        max_body: h.max_body.map_or(10 << 20, body_limit),
     };
     if !(1024..=1 << 20).contains(&limits.max_head) {
-        ck.error(span.clone(), "max_head must be between 1k and 1m");
+        ck.error(span_of(&h.max_head), "max_head must be between 1k and 1m");
     }
-    if limits.max_uri < 64 || limits.max_uri > limits.max_head {
+    // Checked only as written: the default follows max_head, whose own error is enough.
+    if h.max_uri.is_some() && (limits.max_uri < 64 || limits.max_uri > limits.max_head) {
         ck.error(
-            span.clone(),
+            span_of(&h.max_uri),
             "max_uri must be at least 64 bytes and no more than max_head",
         );
     }
     if !(1..=crate::http::request::MAX_HEADERS).contains(&limits.max_headers) {
-        ck.error(span.clone(), "max_headers must be between 1 and 128");
+        ck.error(
+            span_of(&h.max_headers),
+            "max_headers must be between 1 and 128",
+        );
     }
-    for (name, d) in [
-        ("header_timeout", limits.header_timeout),
-        ("body_timeout", limits.body_timeout),
-        ("keepalive_timeout", limits.keepalive_timeout),
+    for (name, value) in [
+        ("header_timeout", &h.header_timeout),
+        ("body_timeout", &h.body_timeout),
+        ("keepalive_timeout", &h.keepalive_timeout),
     ] {
-        if d.is_zero() {
-            ck.error(span.clone(), format!("{name} must be more than zero"));
+        if value.as_ref().is_some_and(|d| d.get_ref().0.is_zero()) {
+            ck.error(span_of(value), format!("{name} must be more than zero"));
         }
     }
     if limits.keepalive_requests == 0 {
-        ck.error(span, "keepalive_requests must be at least 1");
+        ck.error(
+            span_of(&h.keepalive_requests),
+            "keepalive_requests must be at least 1",
+        );
     }
     limits
+}
+
+/// Where an optional key was written; nowhere (the file as a whole) when it was not.
+fn span_of<T>(v: &Option<Spanned<T>>) -> Range<usize> {
+    v.as_ref().map_or(0..0, Spanned::span)
+}
+
+/// A body limit as written: 0 means no limit, as nginx's `client_max_body_size 0`.
+fn body_limit(size: Size) -> u64 {
+    if size.0 == 0 {
+        u64::MAX
+    } else {
+        size.0
+    }
+}
+
+/// A listener's `address`.
+fn resolve_listen_addr(s: &str) -> Result<SocketAddr, String> {
+    let port = s.strip_prefix(':').unwrap_or(s);
+    if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "`{s}` is not an address: write an IP address and a port, like `0.0.0.0:{port}` \
+             (every IPv4 address), `[::]:{port}` (every IPv6 address) or `127.0.0.1:{port}`"
+        ));
+    }
+    if s.contains("://") {
+        return Err(format!(
+            "`{s}`: a listener address has no scheme: write `host:port`, and add `tls = {{ ... }}` for HTTPS"
+        ));
+    }
+    resolve_addr(s)
+}
+
+/// An upstream target: `host:port`, never a URL.
+fn resolve_target(s: &str) -> Result<SocketAddr, String> {
+    if let Some((scheme, rest)) = s.split_once("://") {
+        let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+        return Err(match scheme.to_ascii_lowercase().as_str() {
+            "https" => {
+                let with_port = if authority.contains(':') {
+                    authority.to_string()
+                } else {
+                    format!("{authority}:443")
+                };
+                format!(
+                    "`{s}`: targets carry no scheme: write `{with_port}`, and add `tls = {{}}` to this upstream to speak HTTPS to it"
+                )
+            }
+            _ => {
+                let with_port = if authority.contains(':') {
+                    authority.to_string()
+                } else {
+                    format!("{authority}:80")
+                };
+                format!("`{s}`: targets carry no scheme: write `{with_port}`")
+            }
+        });
+    }
+    if let Some((authority, _)) = s.split_once('/') {
+        return Err(format!(
+            "`{s}`: targets carry no path: write `{authority}`, and use the route's `add_prefix` to add a path"
+        ));
+    }
+    resolve_addr(s)
 }
 
 fn resolve_addr(s: &str) -> Result<SocketAddr, String> {
@@ -1160,10 +1383,10 @@ fn resolve_addr(s: &str) -> Result<SocketAddr, String> {
 }
 
 fn resolve_upstream(name: &str, raw: Spanned<UpstreamFile>, ck: &mut Checker) -> Option<Upstream> {
-    let span = raw.span();
     let u = raw.into_inner();
     let targets_span = u.targets.span();
     let mut targets = Vec::new();
+    let written = u.targets.get_ref().len();
     for t in u.targets.into_inner() {
         let tspan = t.span();
         let (authority, weight) = match t.into_inner() {
@@ -1173,7 +1396,7 @@ fn resolve_upstream(name: &str, raw: Spanned<UpstreamFile>, ck: &mut Checker) ->
         if !(1..=1000).contains(&weight) {
             ck.error(tspan.clone(), "weight must be between 1 and 1000");
         }
-        match resolve_addr(&authority) {
+        match resolve_target(&authority) {
             Ok(addr) => targets.push(Target {
                 authority,
                 addr,
@@ -1182,7 +1405,7 @@ fn resolve_upstream(name: &str, raw: Spanned<UpstreamFile>, ck: &mut Checker) ->
             Err(msg) => ck.error(tspan, msg),
         }
     }
-    if targets.is_empty() {
+    if written == 0 {
         ck.error(targets_span, format!("upstream `{name}` has no targets"));
     }
     let tls = u.tls.map(|t| {
@@ -1222,44 +1445,58 @@ fn resolve_upstream(name: &str, raw: Spanned<UpstreamFile>, ck: &mut Checker) ->
         }
     });
     let d = |v: Option<Dur>, default: u64| v.map_or(Duration::from_secs(default), |d| d.0);
+    for (key, value) in [
+        ("connect_timeout", &u.connect_timeout),
+        ("response_timeout", &u.response_timeout),
+    ] {
+        if value.as_ref().is_some_and(|v| v.get_ref().0.is_zero()) {
+            ck.error(span_of(value), format!("{key} must be more than zero"));
+        }
+    }
     let up = Upstream {
         name: name.to_string(),
         targets,
         balance: u.balance.unwrap_or(Balance::RoundRobin),
-        connect_timeout: d(u.connect_timeout, 5),
-        response_timeout: d(u.response_timeout, 60),
+        connect_timeout: d(u.connect_timeout.map(Spanned::into_inner), 5),
+        response_timeout: d(u.response_timeout.map(Spanned::into_inner), 60),
         max_idle: u.max_idle.unwrap_or(64) as usize,
         idle_timeout: d(u.idle_timeout, 60),
         max_fails: u.max_fails.unwrap_or(3),
         fail_timeout: d(u.fail_timeout, 10),
         tls,
     };
-    if up.connect_timeout.is_zero() || up.response_timeout.is_zero() {
-        ck.error(
-            span,
-            "connect_timeout and response_timeout must be more than zero",
-        );
-    }
     Some(up)
 }
 
-fn resolve_route(
-    raw: Spanned<RouteFile>,
-    listeners: &[Listener],
-    upstreams: &[Upstream],
-    http: &HttpLimits,
-    ck: &mut Checker,
-) -> Option<Route> {
+/// What a route is resolved against.
+struct RouteContext<'a> {
+    listeners: &'a [Listener],
+    upstreams: &'a [Upstream],
+    http: &'a HttpLimits,
+    /// Some API key is defined (else `api_key_required` could only ever answer 403).
+    have_keys: bool,
+}
+
+fn resolve_route(raw: Spanned<RouteFile>, cx: &RouteContext, ck: &mut Checker) -> Option<Route> {
+    let RouteContext {
+        listeners,
+        upstreams,
+        http,
+        have_keys,
+    } = *cx;
     let span = raw.span();
     let line = ck.position(span.start).0;
     let r = raw.into_inner();
     let mut ok = true;
 
-    let path = r.path.get_ref().clone();
-    if !path.starts_with('/') {
-        ck.error(r.path.span(), format!("path `{path}` must start with `/`"));
-        ok = false;
-    }
+    let path = match parse_path(r.path.get_ref()) {
+        Ok(p) => p,
+        Err(msg) => {
+            ck.error(r.path.span(), msg);
+            ok = false;
+            String::new()
+        }
+    };
 
     let host = match &r.host {
         None => HostPattern::Default,
@@ -1273,13 +1510,15 @@ fn resolve_route(
         },
     };
 
+    // Methods are matched as upper case: `get` means GET. `ANY` is API Gateway's word for
+    // every method, the same as leaving `methods` out.
     let methods = match &r.methods {
         None => None,
         Some(m) => {
             if m.get_ref().is_empty() {
                 ck.error(
                     m.span(),
-                    "methods is empty: leave it out to allow any method",
+                    "methods is empty: leave it out (or write [\"ANY\"]) to allow any method",
                 );
                 ok = false;
             }
@@ -1289,7 +1528,8 @@ fn resolve_route(
                     ok = false;
                 }
             }
-            Some(m.get_ref().clone())
+            let upper: Vec<String> = m.get_ref().iter().map(|x| x.to_ascii_uppercase()).collect();
+            (!upper.iter().any(|x| x == "ANY")).then_some(upper)
         }
     };
 
@@ -1411,6 +1651,39 @@ fn resolve_route(
         (resolve_throttle(t, "client", false, ck), clients)
     });
     let name = r.name.as_ref().map(|n| n.get_ref().clone());
+    let api_key_required = r.api_key_required.as_ref().is_some_and(|b| *b.get_ref());
+    if api_key_required && !have_keys {
+        ck.error(
+            span_of(&r.api_key_required),
+            "api_key_required = true, but no API key is defined, so every request would get 403: \
+             add [[api_key]] entries (or an [api_keys] file), or remove api_key_required",
+        );
+    }
+    let mut forward_api_key = true;
+    let mut api_key_id_header = None;
+    if let Some(forward) = &r.forward_api_key {
+        if !api_key_required {
+            ck.error(
+                forward.span(),
+                "forward_api_key applies to routes with api_key_required = true",
+            );
+        }
+    }
+    if let Some(h) = &r.api_key_id_header {
+        if !api_key_required {
+            ck.error(
+                h.span(),
+                "api_key_id_header applies to routes with api_key_required = true",
+            );
+        } else if h.get_ref().is_empty() || !h.get_ref().bytes().all(is_tchar) {
+            ck.error(h.span(), format!("`{}` is not a header name", h.get_ref()));
+        } else {
+            api_key_id_header = Some(h.get_ref().to_ascii_lowercase());
+        }
+    }
+    if api_key_required {
+        forward_api_key = r.forward_api_key.as_ref().is_some_and(|b| *b.get_ref());
+    }
     let cache = match r.cache {
         Some(c) if matches!(integration, Integration::Mock(_)) => {
             ck.error(
@@ -1432,12 +1705,14 @@ fn resolve_route(
         path,
         methods,
         integration,
-        max_body: r.max_body.map_or(http.max_body, |s| s.0),
+        max_body: r.max_body.map_or(http.max_body, body_limit),
         throttle,
         throttle_per_ip,
         rate_limit_headers,
         name,
-        api_key_required: r.api_key_required.unwrap_or(false),
+        api_key_required,
+        forward_api_key,
+        api_key_id_header,
         cache,
     })
 }
@@ -1446,13 +1721,19 @@ fn resolve_route_cache(raw: Spanned<RouteCacheFile>, ck: &mut Checker) -> Option
     let span = raw.span();
     let c = raw.into_inner();
     let errors = ck.errors.len();
-    let ttl = c.ttl.map_or(Duration::from_secs(300), |d| d.0);
+    let ttl = c
+        .ttl
+        .as_ref()
+        .map_or(Duration::from_secs(300), |d| d.get_ref().0);
     if ttl.is_zero() || ttl > Duration::from_secs(3600) {
-        ck.error(span.clone(), "cache ttl must be from 1s to 3600s");
+        ck.error(span_of(&c.ttl), "cache ttl must be from 1s to 3600s");
     }
-    let max_entry = c.max_entry.map_or(1 << 20, |s| s.0);
+    let max_entry = c.max_entry.as_ref().map_or(1 << 20, |s| s.get_ref().0);
     if !(1..=64 << 20).contains(&max_entry) {
-        ck.error(span.clone(), "cache max_entry must be from 1 byte to 64m");
+        ck.error(
+            span_of(&c.max_entry),
+            "cache max_entry must be from 1 byte to 64m",
+        );
     }
     let methods: Vec<String> = c
         .methods
@@ -1513,9 +1794,15 @@ fn resolve_route_cache(raw: Spanned<RouteCacheFile>, ck: &mut Checker) -> Option
             Invalidate::Never
         }
     };
-    let lock_timeout = c.lock_timeout.map_or(Duration::from_secs(5), |d| d.0);
+    let lock_timeout = c
+        .lock_timeout
+        .as_ref()
+        .map_or(Duration::from_secs(5), |d| d.get_ref().0);
     if lock_timeout.is_zero() {
-        ck.error(span, "cache lock_timeout must be more than zero");
+        ck.error(
+            span_of(&c.lock_timeout),
+            "cache lock_timeout must be more than zero",
+        );
     }
     (ck.errors.len() == errors).then(|| RouteCache {
         ttl,
@@ -1545,6 +1832,8 @@ fn resolve_tls(raw: Spanned<TlsFile>, ck: &mut Checker) -> Option<TlsSettings> {
     let mut certificates = Vec::new();
     let mut ok = true;
     for c in t.certificates {
+        let cspan = c.span();
+        let c = c.into_inner();
         let names: Vec<String> = c
             .names
             .unwrap_or_default()
@@ -1554,7 +1843,7 @@ fn resolve_tls(raw: Spanned<TlsFile>, ck: &mut Checker) -> Option<TlsSettings> {
         for n in &names {
             let bare = n.strip_prefix("*.").unwrap_or(n);
             if bare.is_empty() || bare.contains('*') || !bare.bytes().all(is_host_byte) {
-                ck.error(span.clone(), format!("`{n}` is not a server name"));
+                ck.error(cspan.clone(), format!("`{n}` is not a server name"));
                 ok = false;
             }
         }
@@ -1564,9 +1853,29 @@ fn resolve_tls(raw: Spanned<TlsFile>, ck: &mut Checker) -> Option<TlsSettings> {
             names,
         };
         // Loaded now so that `weir check` finds a bad file; loaded again at start.
-        if let Err(msg) = crate::tls::load_certified_key(&settings.cert, &settings.key) {
-            ck.error(span.clone(), msg);
-            ok = false;
+        match crate::tls::load_certified_key(&settings.cert, &settings.key) {
+            Err(msg) => {
+                ck.error(cspan.clone(), msg);
+                ok = false;
+            }
+            Ok(certified) => {
+                // A name the certificate is not valid for would be chosen by SNI, then
+                // refused by every client that checks the certificate.
+                let valid = crate::tls::certificate_names(&certified);
+                for n in &settings.names {
+                    if !valid.iter().any(|v| crate::tls::name_covers(v, n)) {
+                        ck.error(
+                            cspan.clone(),
+                            format!(
+                                "`{n}` is not a name of the certificate {} (it is valid for: {}): list only names the certificate has, or use a certificate issued for `{n}`",
+                                settings.cert.display(),
+                                if valid.is_empty() { "no DNS names".to_string() } else { valid.join(", ") }
+                            ),
+                        );
+                        ok = false;
+                    }
+                }
+            }
         }
         certificates.push(settings);
     }
@@ -1629,10 +1938,13 @@ fn resolve_api_keys(
     if let Some(settings) = settings {
         let settings = settings.into_inner();
         if let Some(h) = settings.header {
-            if h.is_empty() || !h.bytes().all(is_tchar) {
-                ck.error(0..0, format!("api_keys.header `{h}` is not a header name"));
+            if h.get_ref().is_empty() || !h.get_ref().bytes().all(is_tchar) {
+                ck.error(
+                    h.span(),
+                    format!("api_keys.header `{}` is not a header name", h.get_ref()),
+                );
             }
-            header = h.to_ascii_lowercase();
+            header = h.get_ref().to_ascii_lowercase();
         }
         if let Some(file) = settings.file {
             // Relative to the config file; read once, at load.
@@ -1647,14 +1959,9 @@ fn resolve_api_keys(
                         file: &shown,
                         errors: Vec::new(),
                     };
-                    match toml::from_str::<KeysFile>(&text) {
-                        Err(e) => {
-                            kc.error(e.span().unwrap_or(0..0), e.message().trim().to_string())
-                        }
-                        Ok(kf) => {
-                            for k in kf.api_key {
-                                resolve_api_key(k, &mut keys, &mut kc);
-                            }
+                    if let (Some(kf), _) = deserialize_all::<KeysFile>(&text, &mut kc) {
+                        for k in kf.api_key {
+                            resolve_api_key(k, &mut keys, &mut kc);
                         }
                     }
                     ck.errors.append(&mut kc.errors);
@@ -1672,16 +1979,24 @@ fn resolve_api_key(raw: Spanned<ApiKeyFile>, keys: &mut Vec<ApiKey>, ck: &mut Ch
     if keys.iter().any(|x| x.id == id) {
         ck.error(k.id.span(), format!("api key id `{id}` is defined twice"));
     }
+    // The id is shown in logs and may be sent upstream in a header (`api_key_id_header`).
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        ck.error(
+            k.id.span(),
+            format!("api key id `{id}` must be printable ASCII (letters, digits, punctuation)"),
+        );
+    }
     let sha256 = match (&k.value, &k.sha256) {
         (Some(v), None) => {
             let value = v.get_ref();
-            if value.len() < 20
-                || value.len() > 128
-                || !value.bytes().all(|b| b.is_ascii_alphanumeric())
+            // API Gateway's rule: 20 to 128 characters. Any visible ASCII character, so
+            // keys such as `abcd-efgh-ijkl-mnop-qrst` work; no spaces or control characters,
+            // which a header value could not carry intact.
+            if value.len() < 20 || value.len() > 128 || !value.bytes().all(|b| b.is_ascii_graphic())
             {
                 ck.error(
                     v.span(),
-                    "an API key value must be 20 to 128 letters and digits (as API Gateway's)",
+                    "an API key value must be 20 to 128 visible ASCII characters (letters, digits, punctuation; no spaces), as API Gateway's",
                 );
             }
             crate::auth::sha256(value.as_bytes())
@@ -1930,8 +2245,65 @@ fn resolve_mock(raw: Spanned<MockFile>, ck: &mut Checker) -> Option<Mock> {
     })
 }
 
+/// A route's `path`, in matchit's syntax. API Gateway's greedy `{proxy+}` is accepted
+/// as the catch-all `{*proxy}`; other routers' `:id` and `*` are refused with the way to
+/// write them here, since matchit would take them literally and they would never match
+/// what the user meant.
+fn parse_path(p: &str) -> Result<String, String> {
+    if !p.starts_with('/') {
+        return Err(format!("path `{p}` must start with `/`"));
+    }
+    let segments: Vec<&str> = p[1..].split('/').collect();
+    let mut out = String::with_capacity(p.len());
+    for (i, seg) in segments.iter().enumerate() {
+        out.push('/');
+        if let Some(name) = seg.strip_prefix(':') {
+            let name = if name.is_empty() { "id" } else { name };
+            return Err(format!(
+                "`{p}`: `{seg}` is not a parameter here: write it in braces, like `{{{name}}}`"
+            ));
+        }
+        if seg.starts_with('*') {
+            let name = seg.trim_start_matches('*');
+            let name = if name.is_empty() { "rest" } else { name };
+            return Err(format!(
+                "`{p}`: `{seg}` is not a wildcard here: a catch-all is written `{{*{name}}}` and ends the path"
+            ));
+        }
+        match seg.strip_prefix('{').and_then(|s| s.strip_suffix("+}")) {
+            Some(name) if i + 1 == segments.len() => {
+                out.push_str("{*");
+                out.push_str(name);
+                out.push('}');
+            }
+            Some(_) => {
+                return Err(format!(
+                    "`{p}`: a greedy parameter like `{seg}` must end the path"
+                ))
+            }
+            None => out.push_str(seg),
+        }
+    }
+    Ok(out)
+}
+
 fn parse_host_pattern(h: &str) -> Result<HostPattern, String> {
     let lower = h.to_ascii_lowercase();
+    let lower = lower.strip_suffix('.').unwrap_or(&lower).to_string();
+    let has_port = if lower.starts_with('[') {
+        !lower.ends_with(']')
+    } else {
+        lower.contains(':')
+    };
+    if has_port {
+        let bare = match lower.rfind(':') {
+            Some(i) if !lower.starts_with('[') || lower[..i].ends_with(']') => &lower[..i],
+            _ => lower.as_str(),
+        };
+        return Err(format!(
+            "`{h}`: a route's host carries no port: write `{bare}`; it matches on every port of the route's listeners (use `listener` to choose a port)"
+        ));
+    }
     if let Some(suffix) = lower.strip_prefix("*.") {
         if suffix.is_empty() || suffix.contains('*') || !suffix.bytes().all(is_host_byte) {
             return Err(format!("`{h}` is not a valid wildcard host"));

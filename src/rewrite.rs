@@ -31,6 +31,20 @@ pub struct ForwardRequest<'a> {
     /// `validators`, the cache's own, if any).
     pub drop_conditionals: bool,
     pub validators: &'a [u8],
+    /// Lower-case names of client headers the upstream must not see (the API key once
+    /// checked; a header Weir sets itself, so that clients cannot forge it). Empty names
+    /// are ignored.
+    pub hidden: [&'a [u8]; 2],
+    /// A header line Weir adds: (lower-case name, value), e.g. the checked API key's id.
+    pub api_key_id: Option<(&'a [u8], &'a [u8])>,
+}
+
+impl ForwardRequest<'_> {
+    fn hides(&self, name: &[u8]) -> bool {
+        self.hidden
+            .iter()
+            .any(|h| !h.is_empty() && name.eq_ignore_ascii_case(h))
+    }
 }
 
 /// Appends the request head to send upstream.
@@ -43,8 +57,9 @@ pub fn request_head(out: &mut Vec<u8>, f: &ForwardRequest) {
         buf,
         &head.headers,
         head.connection_names_headers,
-        |k| match k {
-            HeaderKind::Other | HeaderKind::ContentLength | HeaderKind::TransferEncoding => true,
+        |h| match h.kind {
+            HeaderKind::Other => !f.hides(h.name.of(buf)),
+            HeaderKind::ContentLength | HeaderKind::TransferEncoding => true,
             HeaderKind::Conditional => !f.drop_conditionals,
             _ => false,
         },
@@ -79,6 +94,12 @@ pub fn request_head(out: &mut Vec<u8>, f: &ForwardRequest) {
     out.extend_from_slice(b"\r\nx-request-id: ");
     out.extend_from_slice(f.request_id);
     out.extend_from_slice(b"\r\n");
+    if let Some((name, value)) = f.api_key_id {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
     out.extend_from_slice(f.extra);
     out.extend_from_slice(f.validators);
     out.extend_from_slice(b"\r\n");
@@ -146,7 +167,7 @@ pub fn response_head(out: &mut Vec<u8>, ubuf: &[u8], head: &ResponseHead, f: &Fo
         ubuf,
         &head.headers,
         head.connection_names_headers,
-        |k| !matches!(k, HeaderKind::Connection | HeaderKind::HopByHop),
+        |h| !matches!(h.kind, HeaderKind::Connection | HeaderKind::HopByHop),
     );
     out.extend_from_slice(f.extra);
     out.extend_from_slice(f.cache);
@@ -176,7 +197,7 @@ pub fn informational_head(out: &mut Vec<u8>, ubuf: &[u8], head: &ResponseHead) {
         ubuf,
         &head.headers,
         head.connection_names_headers,
-        |k| !matches!(k, HeaderKind::Connection | HeaderKind::HopByHop),
+        |h| !matches!(h.kind, HeaderKind::Connection | HeaderKind::HopByHop),
     );
     out.extend_from_slice(b"\r\n");
 }
@@ -188,11 +209,11 @@ fn copy_kept_lines(
     buf: &[u8],
     headers: &[HeaderField],
     connection_names_headers: bool,
-    keep: impl Fn(HeaderKind) -> bool,
+    keep: impl Fn(&HeaderField) -> bool,
 ) {
     let mut run: Option<(usize, usize)> = None;
     for h in headers {
-        let kept = keep(h.kind)
+        let kept = keep(h)
             && !(connection_names_headers && named_by_connection(buf, headers, h.name.of(buf)));
         let (start, end) = (h.line.start as usize, h.line.end as usize);
         run = match (kept, run) {
@@ -263,6 +284,8 @@ mod tests {
                 extra: b"",
                 drop_conditionals: false,
                 validators: b"",
+                hidden: [b"", b""],
+                api_key_id: None,
             },
         );
         String::from_utf8(out).unwrap()

@@ -737,6 +737,21 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     extra: &self.client_cert,
                     drop_conditionals: self.cache.store,
                     validators: &self.cache.validators,
+                    hidden: [
+                        if route.forward_api_key {
+                            b""
+                        } else {
+                            worker.gateway.config.api_key_header.as_bytes()
+                        },
+                        route.api_key_id_header.as_deref().unwrap_or("").as_bytes(),
+                    ],
+                    api_key_id: route.api_key_id_header.as_deref().and_then(|name| {
+                        let key = self.stages.api_key?;
+                        Some((
+                            name.as_bytes(),
+                            worker.gateway.config.api_keys[key].id.as_bytes(),
+                        ))
+                    }),
                 },
             );
             out.extend_from_slice(&self.buf[self.head.len..self.head.len + buffered]);

@@ -62,10 +62,69 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, Strin
     let signing_key = any_supported_type(&key_der)
         .map_err(|e| format!("{}: unsupported private key: {e}", key.display()))?;
     let certified = CertifiedKey::new(chain, signing_key);
-    certified
-        .keys_match()
-        .map_err(|e| format!("{} does not match {}: {e}", key.display(), cert.display()))?;
+    certified.keys_match().map_err(|e| match e {
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => format!(
+            "the private key {} does not belong to the certificate {} (their public keys differ): \
+             use the key the certificate was issued for",
+            key.display(),
+            cert.display()
+        ),
+        e => format!("{} does not match {}: {e}", key.display(), cert.display()),
+    })?;
     Ok(certified)
+}
+
+/// The DNS names a certificate is valid for: its subjectAltName DNS entries, lower case
+/// (`*.example.com` for wildcards). Empty if it has none or cannot be read.
+pub fn certificate_names(certified: &CertifiedKey) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let Some(leaf) = certified.cert.first() else {
+        return Vec::new();
+    };
+    let Ok((_, cert)) = X509Certificate::from_der(leaf.as_ref()) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether a certificate for `dns_name` (possibly `*.example.com`) is valid for the server
+/// name `name` (possibly a wildcard itself): exact, or one label under a wildcard, as TLS
+/// clients check (RFC 6125 §6.4.3).
+pub fn name_covers(dns_name: &str, name: &str) -> bool {
+    if dns_name == name {
+        return true;
+    }
+    match (dns_name.strip_prefix("*."), name.split_once('.')) {
+        (Some(suffix), Some((label, rest))) => label != "*" && !label.is_empty() && rest == suffix,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::name_covers;
+
+    #[test]
+    fn wildcards_cover_one_label() {
+        assert!(name_covers("api.example.com", "api.example.com"));
+        assert!(name_covers("*.example.com", "api.example.com"));
+        assert!(name_covers("*.example.com", "*.example.com"));
+        assert!(!name_covers("*.example.com", "a.b.example.com"));
+        assert!(!name_covers("*.example.com", "example.com"));
+        assert!(!name_covers("api.example.com", "*.example.com"));
+        assert!(!name_covers("api.example.com", "www.example.com"));
+    }
 }
 
 /// Where Debian-family systems keep their trusted CA bundle.
