@@ -204,3 +204,77 @@ fn a_key_in_two_plans_for_one_route_is_a_config_error() {
         "{err}"
     );
 }
+
+/// A backend behind three key routes: the default, `forward_api_key`, `api_key_id_header`.
+fn start_forwarding(backend: &Backend) -> Weir {
+    Weir::start(&format!(
+        r#"
+[[listener]]
+address = "127.0.0.1:0"
+
+[upstream.backend]
+targets = ["{backend}"]
+
+[[api_key]]
+id = "dashed"
+value = "abcd-efgh-ijkl-mnop-qrst"
+
+[[route]]
+path = "/default"
+upstream = "backend"
+api_key_required = true
+
+[[route]]
+path = "/forward"
+upstream = "backend"
+api_key_required = true
+forward_api_key = true
+
+[[route]]
+path = "/id"
+upstream = "backend"
+api_key_required = true
+api_key_id_header = "x-api-key-id"
+"#,
+        backend = backend.addr,
+    ))
+}
+
+#[test]
+fn the_key_is_removed_before_forwarding_unless_the_route_forwards_it() {
+    let backend = Backend::start();
+    let weir = start_forwarding(&backend);
+    let mut s = connect(weir.addr());
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    // A key with dashes (API Gateway accepts it) works.
+    let key = Some("abcd-efgh-ijkl-mnop-qrst");
+    assert_eq!(call(&mut s, &mut r, "/default", key).status, 200);
+    let seen = backend.last();
+    assert_eq!(seen.header("x-api-key"), None, "{}", seen.head);
+
+    assert_eq!(call(&mut s, &mut r, "/forward", key).status, 200);
+    assert_eq!(
+        backend.last().header("x-api-key"),
+        Some("abcd-efgh-ijkl-mnop-qrst")
+    );
+}
+
+#[test]
+fn the_key_id_is_sent_in_its_header_and_a_client_copy_cannot_forge_it() {
+    let backend = Backend::start();
+    let weir = start_forwarding(&backend);
+    let mut s = connect(weir.addr());
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let forged =
+        "X-API-Key: abcd-efgh-ijkl-mnop-qrst\r\nX-Api-Key-Id: admin\r\nx-api-key-id: root\r\n";
+    assert_eq!(get_on(&mut s, &mut r, "/id", forged).status, 200);
+    let seen = backend.last();
+    let ids: Vec<&str> = seen
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("x-api-key-id"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(ids, ["dashed"], "{}", seen.head);
+    assert_eq!(seen.header("x-api-key"), None, "{}", seen.head);
+}

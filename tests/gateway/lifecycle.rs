@@ -146,3 +146,73 @@ fn sigterm_with_nothing_in_flight_exits_promptly() {
     weir.signal(libc::SIGINT);
     assert_eq!(weir.wait_exit(PATIENCE), Some(0));
 }
+
+#[test]
+fn log_lines_carry_an_rfc3339_timestamp_and_a_level() {
+    let weir = Weir::start(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nmock = {}\n",
+    );
+    let log = weir.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("listening on"))
+        .expect("a listening line");
+    // 2026-12-03T18:37:19.123Z INFO listening on http://...
+    let (stamp, rest) = line.split_once(' ').unwrap();
+    assert!(
+        httpdate::parse_http_date(&rfc3339_to_http_date(stamp)).is_ok(),
+        "{line}"
+    );
+    assert!(rest.starts_with("INFO listening on http://"), "{line}");
+}
+
+/// `2026-12-03T18:37:19.123Z` as an HTTP date, so that httpdate can check it is a real time.
+fn rfc3339_to_http_date(stamp: &str) -> String {
+    assert_eq!(stamp.len(), 24, "{stamp}");
+    assert!(stamp.ends_with('Z') && &stamp[19..20] == ".", "{stamp}");
+    let (y, mo, d) = (&stamp[0..4], &stamp[5..7], &stamp[8..10]);
+    let time = &stamp[11..19];
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ][mo.parse::<usize>().unwrap() - 1];
+    let days = weir::calendar::days_from_civil(
+        y.parse().unwrap(),
+        mo.parse().unwrap(),
+        d.parse().unwrap(),
+    );
+    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
+    format!("{weekday}, {d} {month} {y} {time} GMT")
+}
+
+#[test]
+fn signals_an_nginx_user_sends_do_not_kill_weir_and_sigquit_drains() {
+    let mut weir = Weir::start("[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nmock = { body = \"up\" }\n");
+    for sig in [libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2, libc::SIGWINCH] {
+        weir.signal(sig);
+        sleep(Duration::from_millis(200));
+        let r = raw(
+            weir.addr(),
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(
+            r.map(|r| r.status),
+            Some(200),
+            "after signal {sig}: {}",
+            weir.log()
+        );
+    }
+    assert!(
+        weir.log().contains("SIGUSR1: no log file to reopen"),
+        "{}",
+        weir.log()
+    );
+    assert!(weir.log().contains("SIGWINCH: ignored"), "{}", weir.log());
+    weir.signal(libc::SIGQUIT);
+    assert_eq!(
+        weir.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        weir.log()
+    );
+    assert!(weir.log().contains("SIGQUIT: draining"), "{}", weir.log());
+}

@@ -141,3 +141,33 @@ fn a_slow_client_on_one_connection_does_not_stall_another() {
         200
     );
 }
+
+#[test]
+fn max_body_zero_means_no_limit_as_in_nginx() {
+    let backend = Backend::start();
+    let weir = Weir::start(&proxy_config(
+        backend.addr,
+        "[http]\nmax_body = 0\n\n[[route]]\npath = \"/small\"\nupstream = \"backend\"\nmax_body = \"1k\"\n",
+    ));
+    // 12 MiB: over the 10m default, under no limit at all.
+    let body = vec![b'z'; 12 << 20];
+    let mut s = connect(weir.addr());
+    s.write_all(
+        format!(
+            "POST /sink HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    s.write_all(&body).unwrap();
+    let r = read_response(&mut BufReader::new(s), false).expect("a response");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(backend.last().body_len, 12 << 20);
+    // A route's own limit still holds.
+    let req = format!(
+        "POST /small HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n{}",
+        "b".repeat(2000)
+    );
+    assert_eq!(raw(weir.addr(), req.as_bytes()).unwrap().status, 413);
+}

@@ -3,6 +3,7 @@
 
 mod api_keys;
 mod cache;
+mod check;
 mod epoll;
 mod lifecycle;
 mod limits;

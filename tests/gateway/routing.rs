@@ -151,3 +151,42 @@ mock = { body = "everywhere" }
     assert_eq!(raw(public, shared).unwrap().body_text(), "everywhere");
     assert_eq!(raw(admin, shared).unwrap().body_text(), "everywhere");
 }
+
+#[test]
+fn api_gateway_greedy_paths_any_and_lower_case_methods_match() {
+    let weir = Weir::start(
+        r#"
+[[listener]]
+address = "127.0.0.1:0"
+
+[[route]]
+path = "/items/{proxy+}"
+methods = ["ANY"]
+mock = { body = "items" }
+
+[[route]]
+path = "/orders/{id}"
+methods = ["get", "post"]
+mock = { body = "orders" }
+"#,
+    );
+    let send = |method: &str, path: &str| {
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        raw(weir.addr(), req.as_bytes()).expect("a response")
+    };
+    for method in ["GET", "DELETE", "PATCH"] {
+        let r = send(method, "/items/a/b/c");
+        assert_eq!(
+            (r.status, r.body_text().as_str()),
+            (200, "items"),
+            "{method}"
+        );
+    }
+    assert_eq!(send("GET", "/orders/7").body_text(), "orders");
+    assert_eq!(send("POST", "/orders/7").status, 200);
+    let r = send("PUT", "/orders/7");
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, POST, HEAD"));
+}
