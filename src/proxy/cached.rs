@@ -263,10 +263,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         let head = &self.head;
         let method = head.method.of(buf);
         let is_head = self.facts.is_head;
-        let allowed = rc
-            .methods
-            .iter()
-            .any(|m| m.as_bytes() == method || (is_head && m == "GET"));
+        // Only the methods listed: a `HEAD` is answered from a `GET` entry when `HEAD` is
+        // listed (as by default), and is a BYPASS when it is not.
+        let allowed = rc.methods.iter().any(|m| m.as_bytes() == method);
         if !allowed || head.has_body() {
             self.cache.status = Some(Status::Bypass);
             return None;

@@ -259,6 +259,27 @@ fn head_is_answered_from_the_get_entry() {
 }
 
 #[test]
+fn head_is_a_bypass_when_the_route_caches_only_get() {
+    let origin = Origin::start(counting("max-age=60"));
+    let weir = cached(&origin, "methods = [\"GET\"]", "");
+    let mut s = connect(weir.addr());
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    assert_eq!(x_cache(&get_on(&mut s, &mut r, "/h", "")), "MISS");
+    assert_eq!(x_cache(&get_on(&mut s, &mut r, "/h", "")), "HIT");
+    s.write_all(b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let head = read_response(&mut r, true).unwrap();
+    assert_eq!((head.status, x_cache(&head)), (200, "BYPASS"));
+    assert_eq!(origin.last().method, "HEAD");
+    assert_eq!(origin.requests(), 2);
+    // The connection is still in step, and the GET entry is untouched.
+    let again = get_on(&mut s, &mut r, "/h", "");
+    assert_eq!(
+        (x_cache(&again), again.body_text().as_str()),
+        ("HIT", "fetch 0")
+    );
+}
+
+#[test]
 fn a_head_on_an_expired_entry_is_forwarded_as_it_came() {
     let origin = Origin::start(|req: &Seen, n| {
         if req.header("if-none-match").is_some() {
