@@ -688,7 +688,8 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         };
         let whole_body_buffered = body.is_done();
         let mut tried = Tried::default();
-        let mut failure = 503;
+        // What the client gets once every target was tried (`pick` gives up only then).
+        let mut failure = 502;
         let mut fresh_only = false;
 
         loop {
