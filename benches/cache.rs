@@ -73,7 +73,7 @@ fn hot_paths(c: &mut Criterion) {
         let (b, h) = request(id);
         let mut k = Key::default();
         k.build(rc, &b, &h, b"GET");
-        shard.insert(k.uri(), k.uri_hash, stored(&k, 1024));
+        shard.insert(&k, stored(&k, 1024));
     }
     key.build(rc, &buf, &head, b"GET");
     c.bench_function("cache_lookup_hit_10k_entries", |b| {
@@ -101,7 +101,7 @@ fn hot_paths(c: &mut Criterion) {
     c.bench_function("cache_insert_with_eviction", |b| {
         b.iter(|| {
             i = (i + 1) % keys.len();
-            full.insert(keys[i].uri(), keys[i].uri_hash, entries[i].clone());
+            full.insert(&keys[i], entries[i].clone());
         })
     });
 }

@@ -106,20 +106,30 @@ pub struct TargetHealth {
 
 impl TargetHealth {
     fn is_up(&self, now_ms: u64) -> bool {
-        self.down_until_ms.load(Ordering::Relaxed) <= now_ms
+        self.down_until_ms() <= now_ms
     }
 
-    /// Records a success. Cheap when nothing failed: a load, no store.
+    fn down_until_ms(&self) -> u64 {
+        self.down_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Records a success: the target is up again (it may have been tried while left out,
+    /// see [`GroupState::pick`]). Cheap when nothing failed: loads, no store.
     pub fn success(&self) {
         if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
             self.consecutive_failures.store(0, Ordering::Relaxed);
         }
+        if self.down_until_ms.load(Ordering::Relaxed) != 0 {
+            self.down_until_ms.store(0, Ordering::Relaxed);
+        }
     }
 
-    /// Records a failure; the `max_fails`-th in a row leaves the target out for `fail_timeout`.
+    /// Records a failure; the `max_fails`-th in a row leaves the target out for
+    /// `fail_timeout`. The only target of a group is never left out (as in nginx): there
+    /// is nowhere else to send its requests.
     pub fn failure(&self, up: &Upstream) {
         let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if up.max_fails > 0 && n >= up.max_fails {
+        if up.max_fails > 0 && n >= up.max_fails && up.targets.len() > 1 {
             let until = now_ms() + up.fail_timeout.as_millis() as u64;
             self.down_until_ms.store(until, Ordering::Relaxed);
             self.consecutive_failures.store(0, Ordering::Relaxed);
@@ -258,9 +268,23 @@ impl Pools {
 }
 
 impl GroupState {
-    /// Chooses a healthy target not yet tried. `None`: every target is down or tried.
+    /// Chooses a target not yet tried: a healthy one if there is any, balanced as the
+    /// group says. When every untried target is left out, the one whose `fail_timeout`
+    /// ends first is tried anyway, rather than answering 503 for up to `fail_timeout` after
+    /// the targets came back (nginx, finding every server down, forgets their failures so
+    /// that the next request tries them again). `None`: every target was tried, which
+    /// bounds a request's retries by the number of targets.
     pub fn pick(&mut self, tried: Tried) -> Option<usize> {
         let now = now_ms();
+        self.pick_healthy(tried, now).or_else(|| {
+            let health = &self.shared.health;
+            (0..self.targets.len())
+                .filter(|&i| !tried.has(i))
+                .min_by_key(|&i| health[i].down_until_ms())
+        })
+    }
+
+    fn pick_healthy(&mut self, tried: Tried, now: u64) -> Option<usize> {
         let health = &self.shared.health;
         let eligible = |i: usize| !tried.has(i) && health[i].is_up(now);
         let cfg = &self.shared.config;
@@ -426,6 +450,49 @@ mod tests {
         g.shared.health[0].failure(&cfg);
         for _ in 0..4 {
             assert_eq!(g.pick(Tried::default()), Some(1));
+        }
+    }
+
+    #[test]
+    fn the_only_target_is_never_left_out() {
+        let mut g = group(
+            "[upstream.u]\ntargets = [\"127.0.0.1:1\"]\nmax_fails = 1\nfail_timeout = \"60s\"\n",
+        );
+        let cfg = g.shared.config.clone();
+        for _ in 0..3 {
+            g.shared.health[0].failure(&cfg);
+        }
+        assert!(g.shared.health[0].is_up(now_ms()));
+        assert_eq!(g.pick(Tried::default()), Some(0));
+    }
+
+    #[test]
+    fn when_every_target_is_down_the_first_to_come_back_is_tried() {
+        for balance in ["round_robin", "least_outstanding"] {
+            let mut g = group(&format!(
+                "[upstream.u]\ntargets = [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]\n\
+                 max_fails = 1\nfail_timeout = \"60s\"\nbalance = \"{balance}\"\n"
+            ));
+            let cfg = g.shared.config.clone();
+            let now = now_ms();
+            for (i, later) in [(0, 3000), (1, 1000), (2, 2000)] {
+                g.shared.health[i].failure(&cfg);
+                g.shared.health[i]
+                    .down_until_ms
+                    .store(now + 60_000 + later, Ordering::Relaxed);
+            }
+            let mut tried = Tried::default();
+            let mut order = Vec::new();
+            while let Some(i) = g.pick(tried) {
+                order.push(i);
+                tried.add(i);
+            }
+            assert_eq!(order, [1, 2, 0], "{balance}");
+            // A success brings a target back at once: it is picked as a healthy one.
+            g.shared.health[2].success();
+            for _ in 0..3 {
+                assert_eq!(g.pick(Tried::default()), Some(2), "{balance}");
+            }
         }
     }
 

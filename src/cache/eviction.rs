@@ -76,6 +76,11 @@ impl<V> S3Fifo<V> {
         self.index.is_empty()
     }
 
+    /// Whether a value is stored for `hash` (not counted as a hit).
+    pub fn contains(&self, hash: u64) -> bool {
+        self.index.contains_key(&hash)
+    }
+
     /// The value for `hash`, counted as a hit.
     pub fn get(&mut self, hash: u64) -> Option<&mut V> {
         let &slot = self.index.get(&hash)?;

@@ -1,7 +1,8 @@
 //! The response cache: one shard per worker, one memory budget for all of them.
 //!
-//! Owns: the cache key ([`Key`]), the stored responses ([`Stored`]) grouped by URI so an
-//! unsafe method can drop every variant of a URI at once, the per-worker [`Shard`] with
+//! Owns: the cache key ([`Key`]), the stored responses ([`Stored`]) grouped by URI, with
+//! the URIs indexed by host and path so that an unsafe method can drop every query form
+//! and every variant of a path at once, the per-worker [`Shard`] with
 //! its S3-FIFO eviction ([`eviction`]), the table of fetches in flight that concurrent
 //! misses wait on ([`Fill`]), and the [`Bus`] that carries purges and invalidations to the
 //! other workers. The HTTP rules (what may be stored, for how long) are in [`policy`].
@@ -94,10 +95,12 @@ fn hash(bytes: &[u8]) -> u64 {
 ///
 /// Layout: `host path ?query` (the URI part, hashed to find the URI's group), then
 /// `\0 method \0` and each key header's value followed by `\0` (the variant part). The
-/// method is `GET` for `HEAD`, so a `HEAD` is answered from a `GET` entry.
+/// method is `GET` for `HEAD`, so a `HEAD` is answered from a `GET` entry. The URI part
+/// starts with `host path` (the path part), which an invalidation names.
 #[derive(Default)]
 pub struct Key {
     pub bytes: Vec<u8>,
+    pub path_len: usize,
     pub uri_len: usize,
     pub uri_hash: u64,
     /// Hash of all of `bytes`: the key concurrent fetches coalesce on.
@@ -108,7 +111,9 @@ impl Key {
     pub fn build(&mut self, cache: &RouteCache, buf: &[u8], head: &RequestHead, method: &[u8]) {
         let b = &mut self.bytes;
         b.clear();
-        push_uri(b, buf, head, cache.query);
+        push_host_path(b, buf, head);
+        self.path_len = b.len();
+        push_query(b, buf, head, cache.query);
         self.uri_len = b.len();
         b.push(0);
         b.extend_from_slice(method);
@@ -125,15 +130,24 @@ impl Key {
         &self.bytes[..self.uri_len]
     }
 
+    /// `host path`, without the query.
+    pub fn path(&self) -> &[u8] {
+        &self.bytes[..self.path_len]
+    }
+
     pub fn variant(&self) -> &[u8] {
         &self.bytes[self.uri_len..]
     }
 }
 
-/// Appends `host path` and the query as `how` says.
-fn push_uri(b: &mut Vec<u8>, buf: &[u8], head: &RequestHead, how: QueryKey) {
+/// Appends `host path`: the host lower-cased, the path as sent, no query.
+fn push_host_path(b: &mut Vec<u8>, buf: &[u8], head: &RequestHead) {
     b.extend(head.host.of(buf).iter().map(u8::to_ascii_lowercase));
     b.extend_from_slice(head.path(buf));
+}
+
+/// Appends the query as `how` says.
+fn push_query(b: &mut Vec<u8>, buf: &[u8], head: &RequestHead, how: QueryKey) {
     let query = head.query.of(buf); // with its `?`
     match how {
         QueryKey::Ignore => {}
@@ -188,19 +202,13 @@ fn push_header_value(b: &mut Vec<u8>, buf: &[u8], headers: &[HeaderField], name:
     }
 }
 
-/// The hashes an unsafe request to `host path ?query` invalidates: the URI as each
-/// `query` setting would key it (as sent, sorted, without query).
-pub fn invalidation_hashes(buf: &[u8], head: &RequestHead, scratch: &mut Vec<u8>) -> [u64; 3] {
-    let mut out = [0; 3];
-    for (o, how) in out
-        .iter_mut()
-        .zip([QueryKey::All, QueryKey::Sorted, QueryKey::Ignore])
-    {
-        scratch.clear();
-        push_uri(scratch, buf, head, how);
-        *o = hash(scratch);
-    }
-    out
+/// The hash an unsafe request to `host path ?query` invalidates: that of its `host path`
+/// ([`Key::path`]), whatever its query, so that every query form goes
+/// ([`Shard::invalidate_path`]).
+pub fn invalidation_hash(buf: &[u8], head: &RequestHead, scratch: &mut Vec<u8>) -> u64 {
+    scratch.clear();
+    push_host_path(scratch, buf, head);
+    hash(scratch)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -359,6 +367,13 @@ impl Group {
 /// One worker's part of the cache.
 pub struct Shard {
     entries: S3Fifo<Group>,
+    /// For each `host path` hash ([`Key::path`]), the URI hashes of the groups stored for
+    /// it (one per query form). Evictions do not update it, so it may name groups that are
+    /// gone (removing those is a no-op); it is swept when it names many more groups than
+    /// there are.
+    paths: AHashMap<u64, Vec<u64>>,
+    /// How many URI hashes `paths` holds in all.
+    path_links: usize,
     fills: AHashMap<u64, Rc<Fill>>,
     scratch: Vec<u8>,
 }
@@ -367,6 +382,8 @@ impl Shard {
     pub fn new(capacity: u64) -> Shard {
         Shard {
             entries: S3Fifo::new(capacity),
+            paths: AHashMap::default(),
+            path_links: 0,
             fills: AHashMap::default(),
             scratch: Vec::new(),
         }
@@ -397,7 +414,8 @@ impl Shard {
 
     /// Stores `stored` under `key`, replacing the variant with the same key and `Vary`
     /// values.
-    pub fn insert(&mut self, key_uri: &[u8], uri_hash: u64, stored: Rc<Stored>) {
+    pub fn insert(&mut self, key: &Key, stored: Rc<Stored>) {
+        let (key_uri, uri_hash) = (key.uri(), key.uri_hash);
         if let Some(group) = self.entries.peek_mut(uri_hash) {
             if *group.uri == *key_uri {
                 group
@@ -417,17 +435,59 @@ impl Shard {
             variants: vec![stored],
         };
         let weight = group.weight();
-        let _ = self.entries.insert(uri_hash, group, weight);
+        if self.entries.insert(uri_hash, group, weight).is_ok() {
+            self.link(hash(key.path()), uri_hash);
+        }
     }
 
-    /// Drops every variant of a URI.
-    pub fn invalidate(&mut self, uri_hash: u64) {
+    /// Notes that the group `uri_hash` is one of the path `path_hash`'s.
+    fn link(&mut self, path_hash: u64, uri_hash: u64) {
+        self.paths.entry(path_hash).or_default().push(uri_hash);
+        self.path_links += 1;
+        if self.path_links > 2 * self.entries.len() + 1024 {
+            self.sweep_paths();
+        }
+    }
+
+    /// Forgets the groups that are gone (and duplicates), leaving at most one link per
+    /// group: linear in the links, once per about as many insertions.
+    fn sweep_paths(&mut self) {
+        let entries = &self.entries;
+        let mut links = 0;
+        self.paths.retain(|_, uris| {
+            uris.retain(|&h| entries.contains(h));
+            uris.sort_unstable();
+            uris.dedup();
+            links += uris.len();
+            !uris.is_empty()
+        });
+        self.path_links = links;
+    }
+
+    /// Drops every variant of one URI (one query form).
+    pub fn invalidate_uri(&mut self, uri_hash: u64) {
         self.entries.remove(uri_hash);
+    }
+
+    /// Drops every variant of every URI with this `host path` hash, whatever its query.
+    /// Returns how many URIs were dropped.
+    pub fn invalidate_path(&mut self, path_hash: u64) -> usize {
+        let Some(uris) = self.paths.remove(&path_hash) else {
+            return 0;
+        };
+        self.path_links -= uris.len();
+        uris.iter()
+            .filter(|&&h| self.entries.remove(h).is_some())
+            .count()
     }
 
     pub fn apply(&mut self, purge: Purge) -> usize {
         match purge {
-            Purge::All => self.entries.retain(|_| false),
+            Purge::All => {
+                self.paths.clear();
+                self.path_links = 0;
+                self.entries.retain(|_| false)
+            }
             Purge::Route(r) => {
                 let mut dropped = 0;
                 // A group may hold variants of several routes; drop only the route's.
@@ -438,7 +498,7 @@ impl Shard {
                 });
                 dropped
             }
-            Purge::Uri(h) => usize::from(self.entries.remove(h).is_some()),
+            Purge::Path(h) => self.invalidate_path(h),
         }
     }
 
@@ -518,8 +578,8 @@ pub enum Purge {
     All,
     /// Every entry a route stored (by route index).
     Route(usize),
-    /// Every variant of a URI (by its hash).
-    Uri(u64),
+    /// Every query form and variant of a `host path` (by its hash, [`invalidation_hash`]).
+    Path(u64),
 }
 
 /// Carries purges to every worker: a lock-free queue each, and a flag a worker checks
@@ -634,14 +694,16 @@ mod tests {
     }
 
     #[test]
-    fn invalidation_covers_every_query_form() {
-        let (buf, head) =
-            request("POST /p?b=2&a=1 HTTP/1.1\r\nHost: x\r\ncontent-length: 0\r\n\r\n");
-        let hashes = invalidation_hashes(&buf, &head, &mut Vec::new());
+    fn invalidation_names_the_path_whatever_the_query_setting() {
+        let (buf, head) = request("POST /p?c=3 HTTP/1.1\r\nHost: X\r\ncontent-length: 0\r\n\r\n");
+        let h = invalidation_hash(&buf, &head, &mut Vec::new());
         for q in ["all", "sorted", "ignore"] {
             let rc = route_cache(&format!("query = \"{q}\""));
-            let k = key(&rc, "GET /p?b=2&a=1 HTTP/1.1\r\nHost: x\r\n\r\n");
-            assert!(hashes.contains(&k.uri_hash), "{q}");
+            for target in ["/p?b=2&a=1", "/p", "/p?"] {
+                let k = key(&rc, &format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n"));
+                assert_eq!(k.path(), b"x/p");
+                assert_eq!(hash(k.path()), h, "{q} {target}");
+            }
         }
     }
 
@@ -672,15 +734,83 @@ mod tests {
         let k = key(&rc, "GET /p HTTP/1.1\r\nHost: x\r\n\r\n");
         let mut shard = Shard::new(1 << 20);
         let vary = vary_values(b"Accept-Language", &de, &de_head.headers);
-        shard.insert(k.uri(), k.uri_hash, Rc::new(stored(k.variant(), vary, 10)));
+        shard.insert(&k, Rc::new(stored(k.variant(), vary, 10)));
         assert!(shard.lookup(&k, &de, &de_head.headers).is_some());
         assert!(shard.lookup(&k, &fr, &fr_head.headers).is_none());
         let vary = vary_values(b"Accept-Language", &fr, &fr_head.headers);
-        shard.insert(k.uri(), k.uri_hash, Rc::new(stored(k.variant(), vary, 10)));
+        shard.insert(&k, Rc::new(stored(k.variant(), vary, 10)));
         assert!(shard.lookup(&k, &de, &de_head.headers).is_some());
         assert!(shard.lookup(&k, &fr, &fr_head.headers).is_some());
-        shard.invalidate(k.uri_hash);
+        shard.invalidate_uri(k.uri_hash);
         assert!(shard.lookup(&k, &de, &de_head.headers).is_none());
+    }
+
+    /// Stores an entry for `target` (a GET) and returns its key.
+    fn put(shard: &mut Shard, rc: &RouteCache, target: &str) -> Key {
+        let k = key(rc, &format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n"));
+        shard.insert(&k, Rc::new(stored(k.variant(), Vec::new(), 10)));
+        k
+    }
+
+    fn found(shard: &mut Shard, k: &Key) -> bool {
+        shard.lookup(k, b"", &[]).is_some()
+    }
+
+    #[test]
+    fn invalidating_a_path_drops_every_query_form_and_nothing_else() {
+        let rc = route_cache("");
+        let mut shard = Shard::new(1 << 20);
+        let gone: Vec<Key> = ["/p?a=1&b=2", "/p?b=2&a=1", "/p?page=3", "/p"]
+            .iter()
+            .map(|t| put(&mut shard, &rc, t))
+            .collect();
+        let kept: Vec<Key> = ["/p2?a=1", "/p/q?a=1", "/q"]
+            .iter()
+            .map(|t| put(&mut shard, &rc, t))
+            .collect();
+        // A URI stored twice is linked once.
+        put(&mut shard, &rc, "/p?page=3");
+        assert_eq!(shard.path_links, 7);
+        let (buf, head) = request("DELETE /p HTTP/1.1\r\nHost: x\r\n\r\n");
+        let h = invalidation_hash(&buf, &head, &mut Vec::new());
+        assert_eq!(shard.apply(Purge::Path(h)), 4);
+        for k in &gone {
+            assert!(
+                !found(&mut shard, k),
+                "{:?}",
+                String::from_utf8_lossy(k.uri())
+            );
+        }
+        for k in &kept {
+            assert!(
+                found(&mut shard, k),
+                "{:?}",
+                String::from_utf8_lossy(k.uri())
+            );
+        }
+        assert_eq!(shard.apply(Purge::Path(h)), 0);
+        // Stored again after the invalidation: found, and invalidated again.
+        let again = put(&mut shard, &rc, "/p?a=1&b=2");
+        assert!(found(&mut shard, &again));
+        assert_eq!(shard.invalidate_path(h), 1);
+        assert!(!found(&mut shard, &again));
+    }
+
+    #[test]
+    fn the_path_index_forgets_evicted_entries() {
+        let rc = route_cache("");
+        // Room for a few dozen entries; many more go through.
+        let mut shard = Shard::new(16 << 10);
+        for i in 0..20_000 {
+            put(&mut shard, &rc, &format!("/items/{}?v={}", i % 5000, i % 7));
+            assert!(shard.path_links <= 2 * shard.entries.len() + 1025);
+        }
+        assert!(shard.paths.len() <= shard.path_links);
+        // What is still stored is still found by its path.
+        let k = put(&mut shard, &rc, "/items/42?v=1");
+        let (buf, head) = request("PUT /items/42?x HTTP/1.1\r\nHost: x\r\n\r\n");
+        shard.invalidate_path(invalidation_hash(&buf, &head, &mut Vec::new()));
+        assert!(!found(&mut shard, &k));
     }
 
     #[test]
@@ -702,13 +832,9 @@ mod tests {
         let k = key(&rc, "GET /p HTTP/1.1\r\nHost: x\r\n\r\n");
         let mut shards = [Shard::new(1 << 20), Shard::new(1 << 20)];
         for s in &mut shards {
-            s.insert(
-                k.uri(),
-                k.uri_hash,
-                Rc::new(stored(k.variant(), Vec::new(), 1)),
-            );
+            s.insert(&k, Rc::new(stored(k.variant(), Vec::new(), 1)));
         }
-        bus.send(Purge::Uri(k.uri_hash), Some(0));
+        bus.send(Purge::Path(hash(k.path())), Some(0));
         assert_eq!(bus.receive(0, &mut shards[0]), 0);
         assert_eq!(bus.receive(1, &mut shards[1]), 1);
         bus.send(Purge::All, None);

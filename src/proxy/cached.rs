@@ -51,8 +51,9 @@ pub(super) struct CacheRequest {
     pub authorization: bool,
     /// When the request went upstream ([`clock_ms`]), for the response delay in its age.
     pub request_ms: u64,
-    /// An unsafe method: the URI hashes a 2xx/3xx response invalidates.
-    pub invalidates: Option<[u64; 3]>,
+    /// An unsafe method: the `host path` hash a 2xx/3xx response invalidates (every query
+    /// form of it).
+    pub invalidates: Option<u64>,
 }
 
 impl CacheRequest {
@@ -263,10 +264,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         let head = &self.head;
         let method = head.method.of(buf);
         let is_head = self.facts.is_head;
-        let allowed = rc
-            .methods
-            .iter()
-            .any(|m| m.as_bytes() == method || (is_head && m == "GET"));
+        // Only the methods listed: a `HEAD` is answered from a `GET` entry when `HEAD` is
+        // listed (as by default), and is a BYPASS when it is not.
+        let allowed = rc.methods.iter().any(|m| m.as_bytes() == method);
         if !allowed || head.has_body() {
             self.cache.status = Some(Status::Bypass);
             return None;
@@ -517,17 +517,14 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     /// Looks at the upstream's final response head (still at the start of `ubuf`).
     pub(super) fn cache_on_response(&mut self, ubuf: &[u8]) -> OnResponse {
         let status = self.response.status;
-        if let Some(hashes) = self.cache.invalidates.take() {
+        if let Some(path_hash) = self.cache.invalidates.take() {
             if (200..400).contains(&status) {
                 let worker = &self.worker;
-                let mut shard = worker.cache.borrow_mut();
-                for h in hashes {
-                    shard.invalidate(h);
-                    worker
-                        .gateway
-                        .cache_bus
-                        .send(Purge::Uri(h), Some(worker.id));
-                }
+                worker.cache.borrow_mut().invalidate_path(path_hash);
+                worker
+                    .gateway
+                    .cache_bus
+                    .send(Purge::Path(path_hash), Some(worker.id));
             }
         }
         if self.cache.status.is_none() || !self.cache.store {
@@ -660,7 +657,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 self.worker
                     .cache
                     .borrow_mut()
-                    .invalidate(self.cache.key.uri_hash);
+                    .invalidate_uri(self.cache.key.uri_hash);
                 return stale.clone();
             }
         };
@@ -683,11 +680,10 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         );
         let refreshed =
             Rc::new(stale.revalidated(clock_ms(), freshness, head.into(), not_modified.into()));
-        self.worker.cache.borrow_mut().insert(
-            self.cache.key.uri(),
-            self.cache.key.uri_hash,
-            refreshed.clone(),
-        );
+        self.worker
+            .cache
+            .borrow_mut()
+            .insert(&self.cache.key, refreshed.clone());
         refreshed
     }
 
@@ -729,11 +725,10 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             stored_ms: clock_ms(),
             freshness: c.freshness,
         };
-        self.worker.cache.borrow_mut().insert(
-            self.cache.key.uri(),
-            self.cache.key.uri_hash,
-            Rc::new(stored),
-        );
+        self.worker
+            .cache
+            .borrow_mut()
+            .insert(&self.cache.key, Rc::new(stored));
     }
 }
 

@@ -385,11 +385,11 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 );
                 if gateway.caching && !safe {
                     // An unsafe method: a success invalidates what the cache holds for the
-                    // URI, on every worker (RFC 9111 §4.4).
+                    // host and path, every query form, on every worker (RFC 9111 §4.4).
                     // The key buffer is free: this request is not looked up in the cache.
                     let scratch = &mut self.cache.key.bytes;
-                    let hashes = crate::cache::invalidation_hashes(&self.buf, &self.head, scratch);
-                    self.cache.invalidates = Some(hashes);
+                    let path_hash = crate::cache::invalidation_hash(&self.buf, &self.head, scratch);
+                    self.cache.invalidates = Some(path_hash);
                 }
                 let keep = self.proxy(route, integration).await;
                 self.cache.finish();
@@ -688,7 +688,8 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         };
         let whole_body_buffered = body.is_done();
         let mut tried = Tried::default();
-        let mut failure = 503;
+        // What the client gets once every target was tried (`pick` gives up only then).
+        let mut failure = 502;
         let mut fresh_only = false;
 
         loop {

@@ -259,6 +259,27 @@ fn head_is_answered_from_the_get_entry() {
 }
 
 #[test]
+fn head_is_a_bypass_when_the_route_caches_only_get() {
+    let origin = Origin::start(counting("max-age=60"));
+    let weir = cached(&origin, "methods = [\"GET\"]", "");
+    let mut s = connect(weir.addr());
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    assert_eq!(x_cache(&get_on(&mut s, &mut r, "/h", "")), "MISS");
+    assert_eq!(x_cache(&get_on(&mut s, &mut r, "/h", "")), "HIT");
+    s.write_all(b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let head = read_response(&mut r, true).unwrap();
+    assert_eq!((head.status, x_cache(&head)), (200, "BYPASS"));
+    assert_eq!(origin.last().method, "HEAD");
+    assert_eq!(origin.requests(), 2);
+    // The connection is still in step, and the GET entry is untouched.
+    let again = get_on(&mut s, &mut r, "/h", "");
+    assert_eq!(
+        (x_cache(&again), again.body_text().as_str()),
+        ("HIT", "fetch 0")
+    );
+}
+
+#[test]
 fn a_head_on_an_expired_entry_is_forwarded_as_it_came() {
     let origin = Origin::start(|req: &Seen, n| {
         if req.header("if-none-match").is_some() {
@@ -640,6 +661,87 @@ fn a_successful_unsafe_method_invalidates_the_uri_on_every_worker() {
             "a stale entry survived the POST: {}",
             after.body_text()
         );
+    }
+}
+
+#[test]
+fn a_successful_unsafe_method_invalidates_every_query_form_of_the_path_on_every_worker() {
+    let origin = Origin::start(|req: &Seen, n| match req.method.as_str() {
+        "GET" => Reply::ok(format!("fetch {n}")).header("cache-control", "max-age=600"),
+        _ => Reply::ok("changed"),
+    });
+    // Two workers (the default here), so entries sit in both shards.
+    let weir = cached(&origin, "", "");
+    let forms = [
+        "/v1/items/1?a=1&b=2",
+        "/v1/items/1?b=2&a=1",
+        "/v1/items/1?page=3",
+        "/v1/items/1",
+    ];
+    let others = ["/v1/items/10?a=1", "/v1/items/1/parts?a=1"];
+    // Fill both workers' shards (new connections spread over the workers).
+    let fill = |paths: &[&str]| -> Vec<String> {
+        let mut bodies = Vec::new();
+        for path in paths {
+            for _ in 0..8 {
+                bodies.push(get(&weir, path, "").body_text());
+            }
+        }
+        bodies
+    };
+    let before = fill(&forms);
+    let before_others = fill(&others);
+    assert!(origin.requests() <= 2 * (forms.len() + others.len()));
+    for path in forms {
+        assert_eq!(x_cache(&get(&weir, path, "")), "HIT", "{path}");
+    }
+
+    let delete = raw(
+        weir.addr(),
+        b"DELETE /v1/items/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(delete.status, 200);
+    // Every query form is gone on every worker.
+    for path in forms {
+        for _ in 0..8 {
+            let after = get(&weir, path, "");
+            assert!(
+                !before.contains(&after.body_text()),
+                "{path}: a stale entry survived the DELETE ({}, {})",
+                x_cache(&after),
+                after.body_text()
+            );
+        }
+    }
+    // Other paths, even ones that start the same, are kept.
+    let fetched = origin.requests();
+    for path in others {
+        for _ in 0..4 {
+            let r = get(&weir, path, "");
+            assert_eq!(x_cache(&r), "HIT", "{path}");
+            assert!(before_others.contains(&r.body_text()));
+        }
+    }
+    assert_eq!(origin.requests(), fetched);
+
+    // A POST with a query of its own drops the forms stored since, too.
+    let refilled = fill(&forms);
+    let post = raw(
+        weir.addr(),
+        b"POST /v1/items/1?via=post HTTP/1.1\r\nHost: X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(post.status, 200);
+    for path in forms {
+        for _ in 0..8 {
+            let after = get(&weir, path, "");
+            assert!(
+                !refilled.contains(&after.body_text()),
+                "{path}: a stale entry survived the POST ({})",
+                after.body_text()
+            );
+        }
     }
 }
 
