@@ -1747,6 +1747,12 @@ fn resolve_route_cache(raw: Spanned<RouteCacheFile>, ck: &mut Checker) -> Option
             "cache methods is empty: leave `cache` out instead",
         );
     }
+    if methods.iter().any(|m| m == "HEAD") && !methods.iter().any(|m| m == "GET") {
+        ck.error(
+            span.clone(),
+            "cache methods has HEAD without GET: HEAD is answered from GET entries, so nothing would ever be cached; write [\"GET\", \"HEAD\"]",
+        );
+    }
     for m in &methods {
         if m.is_empty() || !m.bytes().all(is_tchar) {
             ck.error(span.clone(), format!("`{m}` is not a valid HTTP method"));

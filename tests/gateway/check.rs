@@ -301,3 +301,12 @@ fn every_command_has_its_own_help() {
         "{out}"
     );
 }
+
+#[test]
+fn a_cache_of_head_without_get_is_refused() {
+    let errs = errors(&format!(
+        "{LISTENER}[upstream.u]\ntargets = [\"127.0.0.1:1\"]\n[[route]]\npath = \"/\"\nupstream = \"u\"\ncache = {{ methods = [\"HEAD\"] }}\n"
+    ));
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].contains("HEAD without GET"), "{errs:#?}");
+}

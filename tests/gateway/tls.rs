@@ -852,3 +852,72 @@ fn an_rsa_certificate_serves_too() {
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!((code, out.as_str()), (0, "/rsa"), "{err}");
 }
+
+#[test]
+fn check_refuses_names_the_certificate_does_not_have() {
+    let pki = pki();
+    let (cert, key) = (&pki.certs[0].0, &pki.certs[0].1); // api.example.com
+    let config = |names: &str| {
+        format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\ntls = {{ certificates = [\n  {{ cert = \"{}\", key = \"{}\", names = [{names}] }},\n] }}\n[[route]]\npath = \"/\"\nmock = {{}}\n",
+            cert.path.display(),
+            key.path.display()
+        )
+    };
+    let err = check_fails(&config("\"api.example.com\", \"www.example.com\""));
+    assert!(
+        err.contains(":3:")
+            && err.contains("`www.example.com` is not a name of the certificate")
+            && err.contains("it is valid for: api.example.com"),
+        "{err}"
+    );
+    assert!(!err.contains("`api.example.com` is not"), "{err}");
+    // A wildcard certificate covers one label.
+    let (wcert, wkey) = (&pki.certs[1].0, &pki.certs[1].1); // *.example.com
+    let ok = TempFile::new(
+        "toml",
+        format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\ntls = {{ certificates = [{{ cert = \"{}\", key = \"{}\", names = [\"eu.example.com\", \"*.example.com\"] }}] }}\n[[route]]\npath = \"/\"\nmock = {{}}\n",
+            wcert.path.display(),
+            wkey.path.display()
+        )
+        .as_bytes(),
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["check", "-c"])
+        .arg(&ok.path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn check_says_when_a_key_belongs_to_another_certificate() {
+    let pki = pki();
+    let err = check_fails(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\ntls = {{ certificates = [{{ cert = \"{}\", key = \"{}\" }}] }}\n[[route]]\npath = \"/\"\nmock = {{}}\n",
+        pki.certs[0].0.path.display(),
+        pki.certs[1].1.path.display()
+    ));
+    assert!(
+        err.contains("does not belong to the certificate") && !err.contains("KeyMismatch"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_tls_listener_is_announced_as_https() {
+    let pki = pki();
+    let backend = Backend::start();
+    let weir = start(&pki, &backend, "");
+    let log = weir.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("INFO listening on https://127.0.0.1:")),
+        "{log}"
+    );
+}
