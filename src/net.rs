@@ -67,9 +67,10 @@ pub fn claim_address(addr: SocketAddr) -> io::Result<SocketAddr> {
         socket.set_only_v6(true)?;
     }
     socket.bind(&addr.into())?;
-    let bound = socket.local_addr()?.as_socket().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidData, "not an IP socket address")
-    })?;
+    let bound = socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an IP socket address"))?;
     // Dropped here: the address is free again for the group to bind.
     Ok(bound)
 }

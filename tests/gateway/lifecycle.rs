@@ -123,8 +123,11 @@ fn a_second_weir_on_the_same_address_fails_and_the_first_keeps_serving() {
     );
 
     for _ in 0..8 {
-        let r = raw(addr, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .expect("the first weir answers");
+        let r = raw(
+            addr,
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .expect("the first weir answers");
         assert_eq!(r.status, 200);
     }
 }
