@@ -228,18 +228,42 @@ fn sessions_resume_on_any_worker() {
 }
 
 #[test]
-fn plain_http_on_a_tls_port_is_closed_and_harms_no_one() {
+fn plain_http_on_a_tls_port_gets_a_400_saying_so_and_harms_no_one() {
     let pki = pki();
     let backend = Backend::start();
     let weir = start(&pki, &backend, "");
     let mut s = connect(weir.addr());
-    s.write_all(b"GET / HTTP/1.1\r\nHost: api.example.com\r\n\r\n")
-        .unwrap();
-    // The answer is a TLS alert record (content type 21), then the end of the connection.
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    // As nginx does: a 400 in plain HTTP that says why, then the end of the connection.
+    let mut answer = Vec::new();
+    std::io::Read::read_to_end(&mut s, &mut answer).expect("a clean close");
+    let mut reader = BufReader::new(answer.as_slice());
+    let r = read_response(&mut reader, false).expect("an HTTP response");
+    assert_eq!(r.status, 400, "{}", r.head);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(
+        r.body_text(),
+        r#"{"message":"This port expects HTTPS (TLS): use https://"}"#
+    );
+    assert!(reader.buffer().is_empty(), "more after the response");
+    assert_eq!(backend.requests(), 0);
+
+    // A client that pipelines more than the first read: still a 400, not a reset.
+    let mut s = connect(weir.addr());
+    let mut big = b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n".to_vec();
+    big.resize(big.len() + 200_000, b'a');
+    s.write_all(&big).unwrap();
+    let r = read_response(&mut BufReader::new(s), false).expect("an HTTP response");
+    assert_eq!(r.status, 400);
+
+    // Not a TLS record and not HTTP either: closed, with an alert where one applies.
+    let mut s = connect(weir.addr());
+    s.write_all(b"\x00\x01\x02\x03garbage\r\n\r\n").unwrap();
     let mut answer = Vec::new();
     let _ = std::io::Read::read_to_end(&mut s, &mut answer);
     assert!(answer.is_empty() || answer[0] == 0x15, "{answer:?}");
-    assert_eq!(backend.requests(), 0);
+
     let config = client(&pki, &[&rustls::version::TLS13]);
     assert_eq!(
         https_get(weir.addr(), &config, "api.example.com", "/ok")
