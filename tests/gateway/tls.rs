@@ -516,6 +516,15 @@ struct ClientCert {
 }
 
 fn client_cert(common_name: &str) -> ClientCert {
+    client_cert_for(|params| {
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+    })
+}
+
+/// A client certificate whose subject (and anything else) `subject` sets.
+fn client_cert_for(subject: impl FnOnce(&mut CertificateParams)) -> ClientCert {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -526,9 +535,9 @@ fn client_cert(common_name: &str) -> ClientCert {
     let issuer = Issuer::new(ca_params, ca_key);
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, common_name);
+    // Not rcgen's default subject, whose CN would stay first whatever is pushed.
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    subject(&mut params);
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     let cert = params.signed_by(&key, &issuer).unwrap();
     ClientCert {
@@ -572,7 +581,19 @@ fn https_get_forging(addr: SocketAddr, config: &Arc<ClientConfig>) -> Result<Raw
 #[test]
 fn mutual_tls_required_refuses_untrusted_clients_and_forwards_the_certificate() {
     let pki = pki();
-    let trusted_client = client_cert("client.example");
+    // Five RDNs, encoded in this order, with values RFC 4514 escapes.
+    let trusted_client = client_cert_for(|params| {
+        use rcgen::DnType;
+        let dn = &mut params.distinguished_name;
+        dn.push(DnType::CountryName, "US");
+        dn.push(DnType::OrganizationName, "Acme, Inc.");
+        dn.push(DnType::OrganizationalUnitName, " Payments+Cards ");
+        dn.push(DnType::LocalityName, "Z\u{fc}rich");
+        dn.push(DnType::CommonName, "client.example");
+        dn.push(DnType::CustomDnType(vec![1, 3, 6, 1, 4, 1, 99999, 1]), "x");
+        // DER encodes it with a leading zero byte (the high bit is set).
+        params.serial_number = Some(vec![0x8a, 0x0b, 0x1c, 0x2d].into());
+    });
     let rogue_client = client_cert("rogue.example");
     let (client_ca, cert, key) = (
         &trusted_client.ca_pem,
@@ -613,11 +634,17 @@ fn mutual_tls_required_refuses_untrusted_clients_and_forwards_the_certificate() 
             .collect()
     };
     assert_eq!(all("x-client-cert-verified"), ["SUCCESS"]);
+    // RFC 4514: the last RDN first, `,` between them, specials escaped, UTF-8 bytes as
+    // \XX, an attribute without a short name as its OID with the value's DER in hex.
     assert_eq!(
         all("x-client-cert-subject"),
-        ["CN=client.example"],
+        [
+            r"1.3.6.1.4.1.99999.1=#0c0178,CN=client.example,L=Z\C3\BCrich,OU=\ Payments\+Cards\ ,O=Acme\, Inc.,C=US"
+        ],
         "the forged subject got through"
     );
+    // As nginx's $ssl_client_serial: upper-case hex, no separators, no DER sign byte.
+    assert_eq!(seen.header("x-client-cert-serial"), Some("8A0B1C2D"));
     assert_eq!(
         seen.header("x-client-cert-issuer"),
         Some("CN=Weir client CA")
@@ -626,7 +653,6 @@ fn mutual_tls_required_refuses_untrusted_clients_and_forwards_the_certificate() 
         .header("x-client-cert-not-after")
         .unwrap()
         .ends_with(" GMT"));
-    assert!(!seen.header("x-client-cert-serial").unwrap().is_empty());
     let fingerprint: String = weir::auth::sha256(cert.as_ref())
         .iter()
         .map(|b| format!("{b:02x}"))
