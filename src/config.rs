@@ -501,7 +501,7 @@ struct KeysFile {
 #[serde(deny_unknown_fields)]
 struct QuotasFile {
     /// The redb file, relative to this config file. Default `weir-usage.redb`.
-    store: Option<String>,
+    store: Option<Spanned<String>>,
 }
 
 /// `[cache]`: process-wide response-cache settings.
@@ -1181,11 +1181,22 @@ fn resolve(raw: ConfigFile, ck: &mut Checker) -> Option<Config> {
         .and_then(|c| c.into_inner().memory)
         .map_or(64 << 20, |s| s.0);
     let config_dir = Path::new(ck.file).parent().unwrap_or(Path::new("."));
-    let quota_store = config_dir.join(
-        raw.quotas
-            .and_then(|q| q.into_inner().store)
-            .unwrap_or_else(|| "weir-usage.redb".into()),
-    );
+    let store = raw.quotas.and_then(|q| q.into_inner().store);
+    let quota_store = config_dir.join(store.as_ref().map_or("weir-usage.redb", |s| s.get_ref()));
+    if usage_plans.iter().any(|p| p.quota.is_some()) {
+        if let Err(e) = crate::quota::check_store(&quota_store) {
+            let message = format!("{e}: set [quotas] store to a path Weir can write");
+            match &store {
+                Some(s) => ck.error(s.span(), message),
+                None => ck.errors.push(ConfigError {
+                    file: ck.file.to_string(),
+                    line: 0,
+                    column: 0,
+                    message,
+                }),
+            }
+        }
+    }
 
     // Build each listener's routing table now, so conflicts are reported by `weir check`.
     for (i, _) in listeners.iter().enumerate() {

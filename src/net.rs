@@ -46,6 +46,35 @@ pub fn idle_connection_alive(stream: &TcpStream) -> bool {
     n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
 }
 
+/// Checks that nobody else holds `addr` before this process binds it with SO_REUSEPORT,
+/// and resolves port 0 to a free port. Returns the address to bind the workers' group on.
+///
+/// SO_REUSEPORT lets every socket of the same user join a group on one address, so
+/// binding the group alone would let a second Weir (or anything else with SO_REUSEPORT)
+/// share the port and split its traffic. A bind WITHOUT SO_REUSEPORT fails with
+/// EADDRINUSE while any socket listens on the address, reuse-port or not, so this socket
+/// is bound once, then closed before the group binds. SO_REUSEADDR is set so a restart
+/// is not refused for the previous run's connections in TIME_WAIT.
+///
+/// A race remains: two processes starting at the same instant can both pass this check
+/// before either binds its group, and then share the port. Closing it would need the
+/// kernel to refuse a second group, which SO_REUSEPORT does not offer for one user.
+pub fn claim_address(addr: SocketAddr) -> io::Result<SocketAddr> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    let bound = socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an IP socket address"))?;
+    // Dropped here: the address is free again for the group to bind.
+    Ok(bound)
+}
+
 /// Binds a listening socket with SO_REUSEPORT, so each worker can own one on the same
 /// address and the kernel spreads connections across them.
 pub fn bind_reuseport(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {

@@ -211,31 +211,103 @@ pub fn load(path: &Path, counters: &[QuotaCounter]) -> Result<(), String> {
     Ok(())
 }
 
-/// Writes every counter whose state changed since `last`, in one transaction.
-fn store(path: &Path, counters: &[QuotaCounter], last: &mut [u64]) -> Result<(), String> {
-    let changed: Vec<usize> = (0..counters.len())
-        .filter(|&i| counters[i].state.load(Ordering::Relaxed) != last[i])
+/// Checks that the quota store at `path` can be created, or opened for writing, before
+/// Weir relies on it (`weir check` and `weir run` both, through the config). An existing
+/// store is opened for writing and left as it is; a missing one is created, which proves
+/// the directory takes it, and removed again. The message names the path and the cause.
+///
+/// A store another process holds (a running Weir writing its counts, `weir usage` reading
+/// them) is fine: that is redb's lock, not a permission, and opening the file for writing
+/// does not take it.
+pub fn check_store(path: &Path) -> Result<(), String> {
+    use std::fs::OpenOptions;
+    let cannot = |cause: &dyn std::fmt::Display| {
+        format!("cannot write the quota store {}: {cause}", path.display())
+    };
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Err(cannot(&"it is a directory")),
+        Ok(_) => {
+            // O_RDWR without O_TRUNC: proves the permission and a writable file system,
+            // and changes nothing in the file.
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map(drop)
+                .map_err(|e| cannot(&e))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .map_err(|e| cannot(&e))?;
+            // Removed again, under redb's own lock: a running Weir that opened this empty
+            // file in the meantime finds it locked, retries a second later and creates it
+            // afresh; if it got the lock first, the file is its store now and stays.
+            if try_lock(&file) {
+                let _ = std::fs::remove_file(path);
+            }
+            Ok(())
+        }
+        // A parent that is not a directory, or one that cannot be searched.
+        Err(e) => Err(cannot(&e)),
+    }
+}
+
+/// Takes the exclusive lock redb takes on a store it opens for writing (flock(2), as
+/// `File::try_lock` does, which is newer than Weir's minimum Rust).
+fn try_lock(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor `file` owns; LOCK_NB never blocks.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+/// Why a write of the counts did not happen.
+enum StoreError {
+    /// Another process holds the store (`weir usage` reading it): try again later.
+    Busy,
+    Failed(String),
+}
+
+/// Writes every counter whose state changed since `last`, in one transaction. Ok(true):
+/// something was written; `last` is updated only once it is committed.
+fn store(path: &Path, counters: &[QuotaCounter], last: &mut [u64]) -> Result<bool, StoreError> {
+    let changed: Vec<(usize, u64)> = (0..counters.len())
+        .map(|i| (i, counters[i].state.load(Ordering::Relaxed)))
+        .filter(|&(i, word)| word != last[i])
         .collect();
     if changed.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
+    let failed = |e: &dyn std::fmt::Display| StoreError::Failed(e.to_string());
     // Opened for each write and closed after, so `weir usage` can read in between.
-    let db = redb::Database::create(path).map_err(|e| e.to_string())?;
-    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    let db = match redb::Database::create(path) {
+        Ok(db) => db,
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::Busy),
+        Err(e) => return Err(failed(&e)),
+    };
+    let txn = db.begin_write().map_err(|e| failed(&e))?;
     {
-        let mut table = txn.open_table(USAGE).map_err(|e| e.to_string())?;
-        for &i in &changed {
+        let mut table = txn.open_table(USAGE).map_err(|e| failed(&e))?;
+        for &(i, word) in &changed {
             let c = &counters[i];
-            let word = c.state.load(Ordering::Relaxed);
             let (period, count) = unpack(word);
             table
                 .insert((c.plan.as_str(), c.key.as_str()), (period, count))
-                .map_err(|e| e.to_string())?;
-            last[i] = word;
+                .map_err(|e| failed(&e))?;
         }
     }
-    txn.commit().map_err(|e| e.to_string())
+    txn.commit().map_err(|e| failed(&e))?;
+    for (i, word) in changed {
+        last[i] = word;
+    }
+    Ok(true)
 }
+
+/// How many writes in a row may find the store busy before that is reported as a failure
+/// (another process holding it for this long is not `weir usage` reading).
+const BUSY_TRIES: u32 = 10;
 
 /// The thread that persists counts once a second and once more at shutdown.
 pub struct Persister {
@@ -258,6 +330,9 @@ impl Persister {
                     .map(|c| c.state.load(Ordering::Relaxed))
                     .collect();
                 let mut stopping = false;
+                // A failing store is reported once, and its recovery once, not every second.
+                let mut failing = false;
+                let mut busy = 0;
                 while !stopping {
                     // Sleep in short steps so shutdown does not wait a whole second.
                     for _ in 0..10 {
@@ -267,9 +342,47 @@ impl Persister {
                         }
                         thread::sleep(FLUSH_EVERY / 10);
                     }
-                    if let Err(e) = store(&path, &counters, &mut last) {
-                        crate::error!("cannot write quota store {}: {e}", path.display());
+                    let mut result = store(&path, &counters, &mut last);
+                    // The last write waits out a reader, as `weir usage` waits out a write.
+                    for _ in 0..50 {
+                        if !stopping || !matches!(result, Err(StoreError::Busy)) {
+                            break;
+                        }
+                        thread::sleep(Duration::from_millis(20));
+                        result = store(&path, &counters, &mut last);
                     }
+                    let cause = match result {
+                        Ok(wrote) => {
+                            busy = 0;
+                            if wrote && failing {
+                                failing = false;
+                                crate::info!("quota store {} written again", path.display());
+                            }
+                            continue;
+                        }
+                        Err(StoreError::Busy) if busy < BUSY_TRIES && !stopping => {
+                            busy += 1;
+                            continue;
+                        }
+                        Err(StoreError::Busy) => "another process holds it open".to_string(),
+                        Err(StoreError::Failed(e)) => e,
+                    };
+                    if !failing {
+                        failing = true;
+                        crate::error!(
+                            "cannot write the quota store {}: {cause}; counts are kept in \
+                             memory and written once it can be (set [quotas] store to a \
+                             writable path)",
+                            path.display()
+                        );
+                    }
+                }
+                if failing {
+                    crate::error!(
+                        "quota store {} not written at shutdown: the counts since it \
+                         failed are lost",
+                        path.display()
+                    );
                 }
             })
             .map_err(|e| format!("cannot start the quota store thread: {e}"))?;
@@ -386,7 +499,7 @@ mod tests {
             before[0].try_reserve(t).unwrap();
         }
         let mut last = vec![0; 1];
-        store(&path, &before, &mut last).unwrap();
+        assert!(matches!(store(&path, &before, &mut last), Ok(true)));
         let after = [QuotaCounter::new("gold", "acme", 10, Period::Day)];
         load(&path, &after).unwrap();
         assert_eq!(after[0].used(t), 4);
@@ -394,6 +507,51 @@ mod tests {
             read_all(&path).unwrap(),
             vec![("gold".into(), "acme".into(), 20_000, 4)]
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    #[test]
+    fn check_store_proves_a_store_writable_and_changes_nothing() {
+        let dir = std::env::temp_dir().join(format!("weir-check-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // A missing store: the directory takes it, and none is left behind.
+        let path = dir.join("usage.redb");
+        check_store(&path).unwrap();
+        assert!(!path.exists());
+        // An existing store, held by redb as a running Weir holds it while it writes: fine,
+        // and its counts are untouched.
+        let t = 20_000 * DAY;
+        let counters = [QuotaCounter::new("gold", "acme", 10, Period::Day)];
+        counters[0].try_reserve(t).unwrap();
+        assert!(matches!(store(&path, &counters, &mut [0]), Ok(true)));
+        let held = redb::Database::create(&path).unwrap();
+        check_store(&path).unwrap();
+        // The persister itself waits for such a holder rather than failing.
+        counters[0].try_reserve(t).unwrap();
+        let mut last = [0];
+        assert!(matches!(
+            store(&path, &counters, &mut last),
+            Err(StoreError::Busy)
+        ));
+        assert_eq!(last, [0], "nothing counts as written");
+        drop(held);
+        check_store(&path).unwrap();
+        assert_eq!(
+            read_all(&path).unwrap(),
+            vec![("gold".into(), "acme".into(), 20_000, 1)]
+        );
+        assert!(matches!(store(&path, &counters, &mut last), Ok(true)));
+        assert_eq!(read_all(&path).unwrap()[0].3, 2);
+        // A directory, a path under a file, a missing directory: the path and the cause.
+        let err = check_store(&dir).unwrap_err();
+        assert!(
+            err.contains(&format!("{}: it is a directory", dir.display())),
+            "{err}"
+        );
+        let err = check_store(&path.join("x.redb")).unwrap_err();
+        assert!(err.contains("Not a directory"), "{err}");
+        let err = check_store(&dir.join("missing/usage.redb")).unwrap_err();
+        assert!(err.contains("No such file or directory"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

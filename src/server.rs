@@ -129,18 +129,17 @@ pub fn start(config: Config) -> Result<Running, String> {
     };
 
     // Bind one socket per worker per listener now, so a bind error stops start-up cleanly.
-    // With port 0 the first socket picks the port and the others join it.
+    // The address is claimed first, so another process holding it (another Weir too) is
+    // an error rather than a partner in the SO_REUSEPORT group; port 0 is resolved there.
     let mut bound = Vec::new();
     let mut sockets: Vec<Vec<(usize, std::net::TcpListener)>> =
         (0..workers).map(|_| Vec::new()).collect();
     for (index, l) in config.listeners.iter().enumerate() {
-        let mut addr = l.address;
+        let cannot = |addr, e| format!("cannot listen on {addr} (listener `{}`): {e}", l.name);
+        let addr = crate::net::claim_address(l.address).map_err(|e| cannot(l.address, e))?;
         for per_worker in sockets.iter_mut() {
-            let socket = crate::net::bind_reuseport(addr, l.backlog)
-                .map_err(|e| format!("cannot listen on {addr} (listener `{}`): {e}", l.name))?;
-            if addr.port() == 0 {
-                addr = socket.local_addr().map_err(|e| e.to_string())?;
-            }
+            let socket =
+                crate::net::bind_reuseport(addr, l.backlog).map_err(|e| cannot(addr, e))?;
             per_worker.push((index, socket));
         }
         bound.push(Bound {

@@ -216,15 +216,21 @@ async fn accept_loop(worker: Rc<Worker>, index: usize, listener: monoio::net::Tc
                             let worker = worker.clone();
                             monoio::spawn(async move {
                                 let handshake = crate::tls::TlsStream::accept(stream, config);
-                                // A failed or stalled handshake (plain HTTP on this port, an
-                                // unknown protocol version, silence) just closes the connection.
-                                if let Ok(Ok(tls)) = monoio::time::timeout(deadline, handshake).await {
-                                    let client_cert = if mutual {
-                                        crate::tls::client_cert_headers(tls.session())
-                                    } else {
-                                        Vec::new()
-                                    };
-                                    crate::proxy::serve(worker, index, tls, peer, b"https", client_cert).await;
+                                // A failed or stalled handshake (an unknown protocol version,
+                                // silence) just closes the connection; plain HTTP is told why.
+                                match monoio::time::timeout(deadline, handshake).await {
+                                    Ok(Ok(crate::tls::Accepted::Tls(tls))) => {
+                                        let client_cert = if mutual {
+                                            crate::tls::client_cert_headers(tls.session())
+                                        } else {
+                                            Vec::new()
+                                        };
+                                        crate::proxy::serve(worker, index, tls, peer, b"https", client_cert).await;
+                                    }
+                                    Ok(Ok(crate::tls::Accepted::PlainHttp(tcp))) => {
+                                        refuse_plain_http(&worker, tcp).await;
+                                    }
+                                    _ => {}
                                 }
                             });
                         }
@@ -240,6 +246,55 @@ async fn accept_loop(worker: Rc<Worker>, index: usize, listener: monoio::net::Tc
     }
     // Dropping the listener here closes this worker's socket, so the kernel sends new
     // connections to no one rather than to a worker that will not accept them.
+}
+
+/// What a plain-HTTP request on a TLS port is told, as nginx's "The plain HTTP request
+/// was sent to HTTPS port".
+pub const PLAIN_HTTP_ON_TLS: &str = "This port expects HTTPS (TLS): use https://";
+
+/// Answers plain HTTP sent to a TLS port: 400 with a JSON message and `connection: close`,
+/// then a lingering close. The request is not parsed: the first byte (a letter, not a TLS
+/// record) is all the evidence there is, and the connection ends either way.
+async fn refuse_plain_http(worker: &Worker, mut tcp: monoio::net::TcpStream) {
+    use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+    /// How long, and how much, of the rest of the request is read and dropped after the
+    /// answer, so that closing with unread bytes does not reset the connection (which can
+    /// destroy the answer before the client reads it).
+    const LINGER: Duration = Duration::from_secs(5);
+    const LINGER_BYTES: usize = 1 << 20;
+
+    let mut id = [0u8; 32];
+    worker.next_request_id(&mut id);
+    let date = worker.date();
+    let trailer = crate::http::write::Trailer {
+        date: &date,
+        request_id: &id,
+        close: true,
+        keep_alive_10: false,
+        extra: b"",
+    };
+    let mut out = worker.take_write_buffer();
+    crate::http::write::error_response_saying(&mut out, 400, PLAIN_HTTP_ON_TLS, |_| {}, &trailer);
+    let (res, out) = tcp.write_all(out).await;
+    worker.give_write_buffer(out);
+    if res.is_err() || tcp.shutdown().await.is_err() {
+        return;
+    }
+    let _ = monoio::time::timeout(LINGER, async {
+        let mut buf = worker.take_read_buffer();
+        let mut dropped = 0;
+        while dropped < LINGER_BYTES {
+            buf.clear();
+            let (res, b) = tcp.read(buf).await;
+            buf = b;
+            match res {
+                Ok(n) if n > 0 => dropped += n,
+                _ => break,
+            }
+        }
+        worker.give_read_buffer(buf);
+    })
+    .await;
 }
 
 /// Keeps a request counted as in flight.

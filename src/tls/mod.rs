@@ -22,7 +22,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 pub mod stream;
-pub use stream::TlsStream;
+pub use stream::{Accepted, TlsStream};
 
 use rustls::crypto::ring::sign::any_supported_type;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -208,9 +208,9 @@ pub fn client_cert_headers(session: &rustls::ServerConnection) -> Vec<u8> {
         let date = |t: i64| {
             String::from_utf8_lossy(&crate::http::write::imf_fixdate(t.max(0) as u64)).into_owned()
         };
-        field("subject", &cert.subject().to_string());
-        field("issuer", &cert.issuer().to_string());
-        field("serial", &cert.raw_serial_as_string());
+        field("subject", &rfc4514(cert.subject()));
+        field("issuer", &rfc4514(cert.issuer()));
+        field("serial", &serial_hex(cert.raw_serial()));
         field("not-before", &date(cert.validity().not_before.timestamp()));
         field("not-after", &date(cert.validity().not_after.timestamp()));
     }
@@ -218,6 +218,137 @@ pub fn client_cert_headers(session: &rustls::ServerConnection) -> Vec<u8> {
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     field("fingerprint", &hex);
     out
+}
+
+/// A distinguished name as RFC 4514 writes it, as nginx's `$ssl_client_s_dn` (OpenSSL's
+/// `XN_FLAG_RFC2253`) does: the RDNs in reverse order of their encoding joined by `,`, the
+/// attributes of a multi-valued RDN by `+`; short names for the usual attribute types and
+/// the dotted OID otherwise.
+pub fn rfc4514(name: &x509_parser::x509::X509Name) -> String {
+    let mut out = String::new();
+    for (i, rdn) in name
+        .iter()
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .enumerate()
+    {
+        if i > 0 {
+            out.push(',');
+        }
+        for (j, attr) in rdn.iter().enumerate() {
+            if j > 0 {
+                out.push('+');
+            }
+            let oid = attr.attr_type().to_id_string();
+            let short = short_name(&oid);
+            out.push_str(short.unwrap_or(&oid));
+            out.push('=');
+            let value = attr.attr_value();
+            match short.and_then(|_| directory_string(value)) {
+                Some(text) => escape_dn_value(&mut out, &text),
+                // RFC 4514 §2.4: a type without a short name, or a value that is not a
+                // string, is `#` and the hex of the value's DER.
+                None => {
+                    use x509_parser::asn1_rs::ToDer;
+                    out.push('#');
+                    for b in value.to_der_vec().unwrap_or_default() {
+                        out.push_str(&format!("{b:02x}"));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The short names RFC 4514 §3 lists, and those OpenSSL prints for other common types.
+fn short_name(oid: &str) -> Option<&'static str> {
+    Some(match oid {
+        "2.5.4.3" => "CN",
+        "2.5.4.7" => "L",
+        "2.5.4.8" => "ST",
+        "2.5.4.10" => "O",
+        "2.5.4.11" => "OU",
+        "2.5.4.6" => "C",
+        "2.5.4.9" => "STREET",
+        "0.9.2342.19200300.100.1.25" => "DC",
+        "0.9.2342.19200300.100.1.1" => "UID",
+        "2.5.4.4" => "SN",
+        "2.5.4.5" => "serialNumber",
+        "2.5.4.12" => "title",
+        "2.5.4.15" => "businessCategory",
+        "2.5.4.17" => "postalCode",
+        "2.5.4.42" => "GN",
+        "2.5.4.43" => "initials",
+        "2.5.4.44" => "generationQualifier",
+        "2.5.4.46" => "dnQualifier",
+        "2.5.4.65" => "pseudonym",
+        "2.5.4.97" => "organizationIdentifier",
+        "1.2.840.113549.1.9.1" => "emailAddress",
+        _ => return None,
+    })
+}
+
+/// The text of a string-typed attribute value, whatever its ASN.1 string type.
+fn directory_string(value: &x509_parser::asn1_rs::Any) -> Option<String> {
+    use x509_parser::asn1_rs::Tag;
+    let data = value.data;
+    match value.tag() {
+        Tag::Utf8String
+        | Tag::PrintableString
+        | Tag::Ia5String
+        | Tag::NumericString
+        | Tag::VisibleString => std::str::from_utf8(data).ok().map(str::to_string),
+        // T.61 as Latin-1, as OpenSSL reads it.
+        Tag::TeletexString => Some(data.iter().map(|&b| char::from(b)).collect()),
+        Tag::BmpString => {
+            let units: Vec<u16> = data
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                .collect();
+            String::from_utf16(&units).ok()
+        }
+        Tag::UniversalString => data
+            .chunks_exact(4)
+            .map(|c| char::from_u32(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
+            .collect(),
+        _ => None,
+    }
+}
+
+/// Appends an attribute value escaped as RFC 4514 §2.4 asks: `"`, `+`, `,`, `;`, `<`,
+/// `>` and `\` anywhere, `#` or a space first, a space last, with a backslash. Control
+/// characters and every byte of a non-ASCII character become `\XX` (as OpenSSL's
+/// `ESC_MSB`), so the result is printable ASCII and fits a header line.
+pub fn escape_dn_value(out: &mut String, value: &str) {
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        let special = matches!(c, '"' | '+' | ',' | ';' | '<' | '>' | '\\')
+            || (i == 0 && matches!(c, ' ' | '#'))
+            || (i == last && c == ' ');
+        if special {
+            out.push('\\');
+            out.push(c);
+        } else if c.is_ascii_graphic() || c == ' ' {
+            out.push(c);
+        } else {
+            let mut utf8 = [0u8; 4];
+            for b in c.encode_utf8(&mut utf8).bytes() {
+                out.push_str(&format!("\\{b:02X}"));
+            }
+        }
+    }
+}
+
+/// A certificate serial as nginx's `$ssl_client_serial` writes it: upper-case hex without
+/// separators, without the leading zero byte DER adds to keep a high bit positive.
+pub fn serial_hex(raw: &[u8]) -> String {
+    let mut bytes = raw;
+    while bytes.len() > 1 && bytes[0] == 0 {
+        bytes = &bytes[1..];
+    }
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
 
 /// Chooses a certificate by SNI: exact name, then a wildcard covering one label, then the
@@ -362,4 +493,57 @@ fn server_config(
     config.ticketer =
         rustls::crypto::ring::Ticketer::new().map_err(|e| format!("TLS tickets: {e}"))?;
     Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn escaped(value: &str) -> String {
+        let mut out = String::new();
+        escape_dn_value(&mut out, value);
+        out
+    }
+
+    #[test]
+    fn dn_values_are_escaped_as_rfc_4514_says() {
+        assert_eq!(escaped("client.example"), "client.example");
+        assert_eq!(escaped("Acme, Inc."), r"Acme\, Inc.");
+        assert_eq!(escaped(r#"a+b"c\d<e>f;g"#), r#"a\+b\"c\\d\<e\>f\;g"#);
+        // `#` and a space only at the start, a space at the end; `=` is left alone.
+        assert_eq!(escaped("#1 a=b#"), r"\#1 a=b#");
+        assert_eq!(escaped(" padded "), r"\ padded\ ");
+        assert_eq!(escaped(" "), r"\ ");
+        assert_eq!(escaped(""), "");
+        // Controls and non-ASCII as the hex of their UTF-8 bytes.
+        assert_eq!(escaped("Z\u{fc}rich"), r"Z\C3\BCrich");
+        assert_eq!(escaped("a\nb\0"), r"a\0Ab\00");
+    }
+
+    #[test]
+    fn serials_are_upper_case_hex_without_the_der_sign_byte() {
+        assert_eq!(serial_hex(&[0x00, 0x8a, 0x0b]), "8A0B");
+        assert_eq!(serial_hex(&[0x01, 0x00]), "0100");
+        assert_eq!(serial_hex(&[0x00]), "00");
+    }
+
+    #[test]
+    fn names_are_written_last_rdn_first_with_short_names_or_oids() {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let dn = &mut params.distinguished_name;
+        dn.push(rcgen::DnType::CountryName, "DE");
+        dn.push(rcgen::DnType::OrganizationName, "Acme; GmbH");
+        dn.push(rcgen::DnType::CommonName, "#svc");
+        dn.push(rcgen::DnType::CustomDnType(vec![2, 5, 4, 5]), "0042");
+        dn.push(rcgen::DnType::CustomDnType(vec![1, 2, 3, 4]), "x");
+        let cert = params.self_signed(&key).unwrap();
+        let (_, parsed) = X509Certificate::from_der(cert.der()).unwrap();
+        assert_eq!(
+            rfc4514(parsed.subject()),
+            r"1.2.3.4=#0c0178,serialNumber=0042,CN=\#svc,O=Acme\; GmbH,C=DE"
+        );
+    }
 }

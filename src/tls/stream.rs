@@ -30,11 +30,37 @@ pub struct TlsStream<C = ServerConnection> {
     outgoing: Vec<u8>,
 }
 
+/// What a client opened a connection to a TLS port with.
+// Returned once per connection, by value as `TlsStream` itself was: a Box would add an
+// allocation to every TLS connection to save a move of the rare plain-HTTP one.
+#[allow(clippy::large_enum_variant)]
+pub enum Accepted {
+    /// A completed handshake.
+    Tls(TlsStream),
+    /// Plain HTTP: the first byte was a letter (a request method), not a TLS record. The
+    /// socket is handed back, with what was read of the request unconsumed, so the caller
+    /// can answer in plain HTTP.
+    PlainHttp(TcpStream),
+}
+
 impl TlsStream<ServerConnection> {
-    /// Performs the server side of the handshake.
-    pub async fn accept(io: TcpStream, config: Arc<ServerConfig>) -> io::Result<Self> {
+    /// Performs the server side of the handshake, unless the client speaks plain HTTP.
+    ///
+    /// The handshake's own first read is looked at before rustls is given it: a TLS record
+    /// starts with its content type (22 for a ClientHello; SSLv2-style hellos have the
+    /// high bit set), an HTTP request with the letter of its method. No extra syscall.
+    pub async fn accept(io: TcpStream, config: Arc<ServerConfig>) -> io::Result<Accepted> {
         let conn = ServerConnection::new(config).map_err(io::Error::other)?;
-        TlsStream::handshake(io, conn).await
+        let mut s = TlsStream::new(io, conn);
+        let n = s.read_tls_from_socket().await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if s.incoming[0].is_ascii_alphabetic() {
+            return Ok(Accepted::PlainHttp(s.io));
+        }
+        s.process_tls(n).await?;
+        s.complete_handshake().await.map(Accepted::Tls)
     }
 }
 
@@ -55,23 +81,30 @@ where
     C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
     SD: SideData,
 {
-    async fn handshake(io: TcpStream, conn: C) -> io::Result<Self> {
-        let mut s = TlsStream {
+    fn new(io: TcpStream, conn: C) -> Self {
+        TlsStream {
             io,
             conn,
             incoming: Vec::with_capacity(READ_SIZE),
             outgoing: Vec::new(),
-        };
-        while s.conn.is_handshaking() {
-            if s.conn.wants_write() {
-                s.send_tls().await?;
-            } else if s.receive_tls().await? == 0 {
+        }
+    }
+
+    async fn handshake(io: TcpStream, conn: C) -> io::Result<Self> {
+        TlsStream::new(io, conn).complete_handshake().await
+    }
+
+    async fn complete_handshake(mut self) -> io::Result<Self> {
+        while self.conn.is_handshaking() {
+            if self.conn.wants_write() {
+                self.send_tls().await?;
+            } else if self.receive_tls().await? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
         }
         // Session tickets and anything else rustls has queued.
-        s.send_tls().await?;
-        Ok(s)
+        self.send_tls().await?;
+        Ok(self)
     }
 
     /// The rustls session: negotiated parameters and the peer's certificates.
@@ -86,6 +119,13 @@ where
 
     /// Reads ciphertext from the socket and gives all of it to rustls. 0: end of stream.
     async fn receive_tls(&mut self) -> io::Result<usize> {
+        let n = self.read_tls_from_socket().await?;
+        self.process_tls(n).await?;
+        Ok(n)
+    }
+
+    /// Reads ciphertext from the socket into `incoming`. 0: end of stream, told to rustls.
+    async fn read_tls_from_socket(&mut self) -> io::Result<usize> {
         let mut buf = std::mem::take(&mut self.incoming);
         buf.clear();
         buf.reserve(READ_SIZE);
@@ -95,8 +135,12 @@ where
         if n == 0 {
             // Tell rustls: a close without close_notify then reads as UnexpectedEof.
             let _ = self.conn.read_tls(&mut io::empty());
-            return Ok(0);
         }
+        Ok(n)
+    }
+
+    /// Gives the `n` bytes read into `incoming` to rustls.
+    async fn process_tls(&mut self, n: usize) -> io::Result<()> {
         let mut pending = &self.incoming[..n];
         while !pending.is_empty() {
             self.conn.read_tls(&mut pending)?;
@@ -106,7 +150,7 @@ where
                 return Err(io::Error::new(io::ErrorKind::InvalidData, e));
             }
         }
-        Ok(n)
+        Ok(())
     }
 
     /// Writes everything rustls has queued to the socket.

@@ -89,6 +89,50 @@ fn a_bind_failure_is_a_one_line_error() {
 }
 
 #[test]
+fn a_second_weir_on_the_same_address_fails_and_the_first_keeps_serving() {
+    let addr = dead_port();
+    let config = format!(
+        "[server]\nworkers = 2\n[[listener]]\naddress = \"{addr}\"\n[[route]]\npath = \"/\"\nmock = {{}}\n"
+    );
+    let first = Weir::start_raw(&config).unwrap_or_else(|log| panic!("{log}"));
+    assert_eq!(first.addr(), addr);
+
+    // SO_REUSEPORT groups the first one's workers, not two processes.
+    let file = TempFile::new("toml", config.as_bytes());
+    let mut second = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "-c"])
+        .arg(&file.path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = eventually(|| second.try_wait().unwrap().is_some());
+    if !exited {
+        let _ = second.kill();
+        let _ = second.wait();
+        panic!("a second weir started on {addr}, the first one's address");
+    }
+    let out = second.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert!(
+        err.to_ascii_lowercase().contains("address already in use"),
+        "{err}"
+    );
+
+    for _ in 0..8 {
+        let r = raw(
+            addr,
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .expect("the first weir answers");
+        assert_eq!(r.status, 200);
+    }
+}
+
+#[test]
 fn version_and_help() {
     let (code, out, _) = weir(&["--version"]);
     assert_eq!(code, 0);

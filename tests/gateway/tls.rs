@@ -228,18 +228,42 @@ fn sessions_resume_on_any_worker() {
 }
 
 #[test]
-fn plain_http_on_a_tls_port_is_closed_and_harms_no_one() {
+fn plain_http_on_a_tls_port_gets_a_400_saying_so_and_harms_no_one() {
     let pki = pki();
     let backend = Backend::start();
     let weir = start(&pki, &backend, "");
     let mut s = connect(weir.addr());
-    s.write_all(b"GET / HTTP/1.1\r\nHost: api.example.com\r\n\r\n")
-        .unwrap();
-    // The answer is a TLS alert record (content type 21), then the end of the connection.
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    // As nginx does: a 400 in plain HTTP that says why, then the end of the connection.
+    let mut answer = Vec::new();
+    std::io::Read::read_to_end(&mut s, &mut answer).expect("a clean close");
+    let mut reader = BufReader::new(answer.as_slice());
+    let r = read_response(&mut reader, false).expect("an HTTP response");
+    assert_eq!(r.status, 400, "{}", r.head);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(
+        r.body_text(),
+        r#"{"message":"This port expects HTTPS (TLS): use https://"}"#
+    );
+    assert!(reader.buffer().is_empty(), "more after the response");
+    assert_eq!(backend.requests(), 0);
+
+    // A client that pipelines more than the first read: still a 400, not a reset.
+    let mut s = connect(weir.addr());
+    let mut big = b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n".to_vec();
+    big.resize(big.len() + 200_000, b'a');
+    s.write_all(&big).unwrap();
+    let r = read_response(&mut BufReader::new(s), false).expect("an HTTP response");
+    assert_eq!(r.status, 400);
+
+    // Not a TLS record and not HTTP either: closed, with an alert where one applies.
+    let mut s = connect(weir.addr());
+    s.write_all(b"\x00\x01\x02\x03garbage\r\n\r\n").unwrap();
     let mut answer = Vec::new();
     let _ = std::io::Read::read_to_end(&mut s, &mut answer);
     assert!(answer.is_empty() || answer[0] == 0x15, "{answer:?}");
-    assert_eq!(backend.requests(), 0);
+
     let config = client(&pki, &[&rustls::version::TLS13]);
     assert_eq!(
         https_get(weir.addr(), &config, "api.example.com", "/ok")
@@ -492,6 +516,15 @@ struct ClientCert {
 }
 
 fn client_cert(common_name: &str) -> ClientCert {
+    client_cert_for(|params| {
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+    })
+}
+
+/// A client certificate whose subject (and anything else) `subject` sets.
+fn client_cert_for(subject: impl FnOnce(&mut CertificateParams)) -> ClientCert {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -502,9 +535,9 @@ fn client_cert(common_name: &str) -> ClientCert {
     let issuer = Issuer::new(ca_params, ca_key);
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, common_name);
+    // Not rcgen's default subject, whose CN would stay first whatever is pushed.
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    subject(&mut params);
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     let cert = params.signed_by(&key, &issuer).unwrap();
     ClientCert {
@@ -548,7 +581,19 @@ fn https_get_forging(addr: SocketAddr, config: &Arc<ClientConfig>) -> Result<Raw
 #[test]
 fn mutual_tls_required_refuses_untrusted_clients_and_forwards_the_certificate() {
     let pki = pki();
-    let trusted_client = client_cert("client.example");
+    // Five RDNs, encoded in this order, with values RFC 4514 escapes.
+    let trusted_client = client_cert_for(|params| {
+        use rcgen::DnType;
+        let dn = &mut params.distinguished_name;
+        dn.push(DnType::CountryName, "US");
+        dn.push(DnType::OrganizationName, "Acme, Inc.");
+        dn.push(DnType::OrganizationalUnitName, " Payments+Cards ");
+        dn.push(DnType::LocalityName, "Z\u{fc}rich");
+        dn.push(DnType::CommonName, "client.example");
+        dn.push(DnType::CustomDnType(vec![1, 3, 6, 1, 4, 1, 99999, 1]), "x");
+        // DER encodes it with a leading zero byte (the high bit is set).
+        params.serial_number = Some(vec![0x8a, 0x0b, 0x1c, 0x2d].into());
+    });
     let rogue_client = client_cert("rogue.example");
     let (client_ca, cert, key) = (
         &trusted_client.ca_pem,
@@ -589,11 +634,17 @@ fn mutual_tls_required_refuses_untrusted_clients_and_forwards_the_certificate() 
             .collect()
     };
     assert_eq!(all("x-client-cert-verified"), ["SUCCESS"]);
+    // RFC 4514: the last RDN first, `,` between them, specials escaped, UTF-8 bytes as
+    // \XX, an attribute without a short name as its OID with the value's DER in hex.
     assert_eq!(
         all("x-client-cert-subject"),
-        ["CN=client.example"],
+        [
+            r"1.3.6.1.4.1.99999.1=#0c0178,CN=client.example,L=Z\C3\BCrich,OU=\ Payments\+Cards\ ,O=Acme\, Inc.,C=US"
+        ],
         "the forged subject got through"
     );
+    // As nginx's $ssl_client_serial: upper-case hex, no separators, no DER sign byte.
+    assert_eq!(seen.header("x-client-cert-serial"), Some("8A0B1C2D"));
     assert_eq!(
         seen.header("x-client-cert-issuer"),
         Some("CN=Weir client CA")
@@ -602,7 +653,6 @@ fn mutual_tls_required_refuses_untrusted_clients_and_forwards_the_certificate() 
         .header("x-client-cert-not-after")
         .unwrap()
         .ends_with(" GMT"));
-    assert!(!seen.header("x-client-cert-serial").unwrap().is_empty());
     let fingerprint: String = weir::auth::sha256(cert.as_ref())
         .iter()
         .map(|b| format!("{b:02x}"))
