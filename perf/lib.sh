@@ -526,7 +526,7 @@ start_proxy() {
       start_bg "$PROXY_CPU" "$out" haproxy -db -f "$PERF_TMP/haproxy.cfg"
       ;;
     weir | weir-*)
-      start_bg "$PROXY_CPU" "$out" "$WEIR_BIN" run -c "$wconf"
+      start_bg "$PROXY_CPU" "$out" "${variant_bin[$name]:-$WEIR_BIN}" run -c "$wconf"
       ;;
     *) die "unknown proxy $name" ;;
   esac

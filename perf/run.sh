@@ -34,6 +34,9 @@ Usage: perf/run.sh [options]
                      to [server] (after WEIR_SERVER_EXTRA); a literal \n in EXTRA
                      starts a new line. Example:
                      --weir-variants 'defer=ring = "defer_taskrun";epoll=io = "epoll"'
+                     NAME=@PATH instead runs the Weir binary at PATH with the
+                     plain config, to compare two builds in one interleaved run:
+                     --weir-variants 'before=@/tmp/weir-old;after=@target/release/weir'
   --rate-latency PCT after the closed-loop runs, run every proxy at PCT % of nginx's
                      closed-loop 1k req/s with oha (fixed rate, coordinated-omission
                      corrected) and report p50/p99/p99.9; needs oha (cargo install oha),
@@ -119,7 +122,7 @@ done
 # --weir-variants 'NAME=EXTRA;...': weir in the proxy list becomes weir-NAME1,
 # weir-NAME2, ... (ids for lib.sh), each with its own [server] extra lines.
 variants=()                # ids, in the order given
-declare -A variant_extra=() variant_raw=()
+declare -A variant_extra=() variant_raw=() variant_bin=()
 if [[ -n $WEIR_VARIANTS ]]; then
   [[ " ${proxies[*]} " == *" weir "* ]] || die "--weir-variants needs weir in --proxies"
   IFS=';' read -r -a vitems <<<"$WEIR_VARIANTS"
@@ -134,7 +137,14 @@ if [[ -n $WEIR_VARIANTS ]]; then
     vid=weir-$vname
     [[ -z ${variant_raw[$vid]+x} ]] || die "--weir-variants: name '$vname' given twice"
     variant_raw[$vid]=${item#*=}
-    variant_extra[$vid]=${variant_raw[$vid]//\\n/$'\n'}
+    if [[ ${variant_raw[$vid]} == @* ]]; then
+      # NAME=@PATH: another Weir binary (say, the commit before a change), same config.
+      variant_bin[$vid]=${variant_raw[$vid]#@}
+      [[ -x ${variant_bin[$vid]} ]] || die "--weir-variants: ${variant_bin[$vid]} is not an executable"
+      variant_extra[$vid]=""
+    else
+      variant_extra[$vid]=${variant_raw[$vid]//\\n/$'\n'}
+    fi
     variants+=("$vid")
   done
   ((${#variants[@]})) || die "--weir-variants: no NAME=EXTRA given"

@@ -50,6 +50,8 @@ impl ForwardRequest<'_> {
 /// Appends the request head to send upstream.
 pub fn request_head(out: &mut Vec<u8>, f: &ForwardRequest) {
     let (buf, head) = (f.buf, f.head);
+    // Most routes hide nothing: then no header name is compared.
+    let hiding = f.hidden.iter().any(|h| !h.is_empty());
     request_line(out, f);
 
     copy_kept_lines(
@@ -58,7 +60,7 @@ pub fn request_head(out: &mut Vec<u8>, f: &ForwardRequest) {
         &head.headers,
         head.connection_names_headers,
         |h| match h.kind {
-            HeaderKind::Other => !f.hides(h.name.of(buf)),
+            HeaderKind::Other => !hiding || !f.hides(h.name.of(buf)),
             HeaderKind::ContentLength | HeaderKind::TransferEncoding => true,
             HeaderKind::Conditional => !f.drop_conditionals,
             _ => false,
