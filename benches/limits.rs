@@ -47,7 +47,7 @@ const RATE: f64 = 1e9;
 
 fn single(c: &mut Criterion) {
     let mut g = c.benchmark_group("admit_one_worker");
-    let buckets = [SharedBucket::new("b", RATE, 1_000_000)];
+    let buckets = [Arc::new(SharedBucket::new("b", RATE, 1_000_000))];
     let leases = Leases::new(1, 1);
     g.bench_function("weir_leases", |b| {
         b.iter(|| leases.admit(&buckets, black_box(&[0]), now_nanos()).is_ok())
@@ -84,7 +84,7 @@ fn shared(c: &mut Criterion) {
         .map_or(2, |n| n.get())
         .max(2);
     let mut g = c.benchmark_group(format!("admit_{threads}_threads"));
-    let buckets = Arc::new([SharedBucket::new("b", RATE, 1_000_000)]);
+    let buckets = Arc::new([Arc::new(SharedBucket::new("b", RATE, 1_000_000))]);
     g.bench_function("weir_leases", |b| {
         b.iter_custom(|iters| {
             let buckets = buckets.clone();

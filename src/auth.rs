@@ -5,6 +5,8 @@
 //! plan's buckets. Must not: keep or log key values (only digests are stored; the key's
 //! `id` is what logs and reports may show), or do any I/O on the request path.
 
+use std::sync::Arc;
+
 use ahash::AHashMap;
 use sha2::{Digest, Sha256};
 
@@ -57,11 +59,14 @@ pub struct Authorized<'a> {
 
 impl KeyTable {
     /// Builds the table, adding each key's plan buckets to `buckets` and its quota
-    /// counters to `quotas`.
+    /// counters to `quotas`, taken from `state` so that a reload keeps them. `route_keys`
+    /// names each route for state that outlives a reload.
     pub fn build(
         config: &Config,
-        buckets: &mut Vec<SharedBucket>,
-        quotas: &mut Vec<QuotaCounter>,
+        route_keys: &[u64],
+        buckets: &mut Vec<Arc<SharedBucket>>,
+        quotas: &mut Vec<Arc<QuotaCounter>>,
+        state: &mut crate::registry::Next,
     ) -> KeyTable {
         let mut keys: Vec<KeyEntry> = config
             .api_keys
@@ -73,19 +78,23 @@ impl KeyTable {
             .collect();
         for (p, plan) in config.usage_plans.iter().enumerate() {
             for &k in &plan.keys {
-                let mut add = |t: &crate::config::Throttle| {
-                    buckets.push(SharedBucket::new(&t.name, t.rate, t.burst));
+                let id = &config.api_keys[k].id;
+                let mut add = |scope: String, t: &crate::config::Throttle| {
+                    buckets.push(state.bucket(&scope, &t.name, t.rate, t.burst));
                     buckets.len() - 1
                 };
-                let bucket = plan.throttle.as_ref().map(&mut add);
+                let scope = format!("plan {} key {id}", plan.name);
+                let bucket = plan.throttle.as_ref().map(|t| add(scope.clone(), t));
                 let route_buckets = plan
                     .route_throttles
                     .iter()
-                    .map(|(route, t)| (*route, add(t)))
+                    .map(|(route, t)| {
+                        let scope = format!("{scope} route {:x}", route_keys[*route]);
+                        (*route, add(scope, t))
+                    })
                     .collect();
                 let quota = plan.quota.map(|q| {
-                    let id = &config.api_keys[k].id;
-                    quotas.push(QuotaCounter::new(&plan.name, id, q.limit, q.period));
+                    quotas.push(state.quota(&plan.name, id, q.limit, q.period));
                     quotas.len() - 1
                 });
                 keys[k].plans.push(KeyPlan {
@@ -205,7 +214,15 @@ api_key_required = true
         );
         let config = crate::config::parse(&src, "t").unwrap();
         let mut buckets = Vec::new();
-        let table = KeyTable::build(&config, &mut buckets, &mut Vec::new());
+        let registry = crate::registry::Registry::new().unwrap();
+        let keys = vec![0; config.routes.len()];
+        let table = KeyTable::build(
+            &config,
+            &keys,
+            &mut buckets,
+            &mut Vec::new(),
+            &mut registry.next(),
+        );
         assert_eq!(buckets.len(), 2);
         let alice = table.authorize(Some(key_a.as_bytes()), 0).unwrap();
         assert_eq!(alice.key, 0);

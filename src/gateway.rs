@@ -1,13 +1,17 @@
-//! The gateway as every worker sees it: the checked config compiled into routing tables,
-//! pre-rendered mock responses, and upstream groups with their shared health.
+//! One config generation as every worker sees it: the checked config compiled into
+//! routing tables, pre-rendered mock responses, upstream groups, and the shared state
+//! (buckets, health, quota counters) taken from [`crate::registry`] by identity.
 //!
-//! Built once at start-up and shared read-only (`Arc`) by all workers. Must not hold
-//! anything a worker mutates on the request path, except the atomics of target health.
+//! Built at start and at each reload, then shared read-only (`Arc`) by all workers; a
+//! request runs on the generation it started with. Must not hold anything a worker
+//! mutates on the request path, except atomics in the shared state.
 
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::auth::KeyTable;
-use crate::config::{Config, Integration};
+use crate::config::{Config, Integration, Route};
 use crate::http::write::MockResponse;
 use crate::limit::{PerIpBuckets, SharedBucket};
 use crate::quota::QuotaCounter;
@@ -16,50 +20,75 @@ use crate::upstream::SharedUpstream;
 
 #[derive(Debug)]
 pub struct Gateway {
+    /// 1 at start, one more for each reload that took effect.
+    pub generation: u64,
     pub config: Config,
+    /// Each listener's address as bound (the real port where the config says 0),
+    /// indexed like `config.listeners`: how a connection finds its listener in any
+    /// generation.
+    pub bound: Vec<SocketAddr>,
+    /// Each route's identity across generations (see [`route_key`]), indexed like
+    /// `config.routes`.
+    pub route_keys: Vec<u64>,
     /// One routing table per listener, indexed like `config.listeners`.
     pub routers: Vec<Router>,
     /// The rendered response of each mock route, indexed like `config.routes`.
     pub mocks: Vec<Option<MockResponse>>,
     pub upstreams: Vec<Arc<SharedUpstream>>,
     /// Every token bucket: global, per listener, per route, per key in a usage plan.
-    pub buckets: Vec<SharedBucket>,
+    pub buckets: Vec<Arc<SharedBucket>>,
     /// Each listener's TLS, if it terminates TLS.
     pub tls: Vec<Option<crate::tls::Tls>>,
     /// Each route's per-client-IP buckets, if it has them.
-    pub per_ip: Vec<Option<PerIpBuckets>>,
+    pub per_ip: Vec<Option<Arc<PerIpBuckets>>>,
     /// API keys and what their usage plans allow.
     pub keys: KeyTable,
     /// One quota counter per key per plan with a quota, shared with the store's thread.
-    pub quotas: Arc<[QuotaCounter]>,
+    pub quotas: Arc<[Arc<QuotaCounter>]>,
     /// For each listener and route, the buckets a request passes, in order: route,
     /// listener, global (API Gateway's method, stage, account order).
     pub chains: Vec<Vec<Box<[usize]>>>,
-    /// Carries cache purges and invalidations to every worker's shard.
-    pub cache_bus: crate::cache::Bus,
+    /// Carries cache purges and invalidations to every worker's shard (one for the
+    /// process: shards outlive generations).
+    pub cache_bus: Arc<crate::cache::Bus>,
     /// Whether any route caches (else unsafe methods need not invalidate anything).
     pub caching: bool,
 }
 
+/// A route's identity across reloads: its `name` if it has one, else its listener, host,
+/// path and methods. Cache entries and buckets of a route with the same key are kept.
+pub fn route_key(config: &Config, route: &Route) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    match &route.name {
+        Some(name) => name.hash(&mut h),
+        None => {
+            route
+                .listener
+                .map(|l| config.listeners[l].name.as_str())
+                .hash(&mut h);
+            format!("{:?}", route.host).hash(&mut h);
+            route.path.hash(&mut h);
+            route.methods.hash(&mut h);
+        }
+    }
+    h.finish()
+}
+
 impl Gateway {
-    /// Re-reads every TLS listener's certificates: one line per listener saying what
-    /// happened. A listener whose new files do not load keeps its certificates.
-    pub fn reload_certificates(&self) -> Vec<String> {
-        self.config
-            .listeners
-            .iter()
-            .zip(&self.tls)
-            .filter_map(|(l, tls)| {
-                let tls = tls.as_ref()?;
-                Some(match tls.reload() {
-                    Ok(()) => format!("listener `{}`: certificates reloaded", l.name),
-                    Err(e) => format!("listener `{}`: kept the old certificates: {e}", l.name),
-                })
-            })
-            .collect()
+    /// The index of the listener bound at `addr` in this generation, if it has one.
+    pub fn listener_at(&self, addr: SocketAddr) -> Option<usize> {
+        self.bound.iter().position(|&a| a == addr)
     }
 
-    pub fn new(config: Config, workers: usize) -> Result<Gateway, String> {
+    /// Compiles `config` into generation `generation`, with the listeners bound at
+    /// `bound`, taking shared state from `state`.
+    pub fn new(
+        config: Config,
+        generation: u64,
+        bound: Vec<SocketAddr>,
+        cache_bus: Arc<crate::cache::Bus>,
+        state: &mut crate::registry::Next,
+    ) -> Result<Gateway, String> {
         let routers = (0..config.listeners.len())
             .map(|i| {
                 Router::build(&config.routes, i).map_err(|errs| {
@@ -70,6 +99,7 @@ impl Gateway {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let route_keys: Vec<u64> = config.routes.iter().map(|r| route_key(&config, r)).collect();
         let mocks = config
             .routes
             .iter()
@@ -81,20 +111,27 @@ impl Gateway {
         let upstreams = config
             .upstreams
             .iter()
-            .map(|u| SharedUpstream::new(u.clone()).map(Arc::new))
+            .map(|u| SharedUpstream::new(u.clone(), state).map(Arc::new))
             .collect::<Result<_, _>>()?;
         let mut buckets = Vec::new();
-        let mut add = |t: &Option<crate::config::Throttle>| {
+        let mut add = |scope: String, t: &Option<crate::config::Throttle>| {
             t.as_ref().map(|t| {
-                buckets.push(SharedBucket::new(&t.name, t.rate, t.burst));
+                buckets.push(state.bucket(&scope, &t.name, t.rate, t.burst));
                 buckets.len() - 1
             })
         };
-        let global = add(&config.throttle);
-        let per_listener: Vec<Option<usize>> =
-            config.listeners.iter().map(|l| add(&l.throttle)).collect();
-        let per_route: Vec<Option<usize>> =
-            config.routes.iter().map(|r| add(&r.throttle)).collect();
+        let global = add("global".into(), &config.throttle);
+        let per_listener: Vec<Option<usize>> = config
+            .listeners
+            .iter()
+            .map(|l| add(format!("listener {}", l.name), &l.throttle))
+            .collect();
+        let per_route: Vec<Option<usize>> = config
+            .routes
+            .iter()
+            .zip(&route_keys)
+            .map(|(r, key)| add(format!("route {key:x}"), &r.throttle))
+            .collect();
         let chains = per_listener
             .iter()
             .map(|&listener| {
@@ -111,7 +148,8 @@ impl Gateway {
                 l.tls
                     .as_ref()
                     .map(|t| {
-                        crate::tls::Tls::new(t).map_err(|e| format!("listener `{}`: {e}", l.name))
+                        crate::tls::Tls::new(t, state.ticketer())
+                            .map_err(|e| format!("listener `{}`: {e}", l.name))
                     })
                     .transpose()
             })
@@ -119,19 +157,23 @@ impl Gateway {
         let per_ip = config
             .routes
             .iter()
-            .map(|r| {
+            .zip(&route_keys)
+            .map(|(r, &key)| {
                 r.throttle_per_ip
                     .as_ref()
-                    .map(|(t, clients)| PerIpBuckets::new(&t.name, t.rate, t.burst, *clients))
+                    .map(|(t, clients)| state.per_ip(key, &t.name, t.rate, t.burst, *clients))
             })
             .collect();
         let mut quotas = Vec::new();
-        let keys = KeyTable::build(&config, &mut buckets, &mut quotas);
+        let keys = KeyTable::build(&config, &route_keys, &mut buckets, &mut quotas, state);
         let caching = config.routes.iter().any(|r| r.cache.is_some());
         Ok(Gateway {
-            cache_bus: crate::cache::Bus::new(workers),
+            generation,
+            cache_bus,
             caching,
             config,
+            bound,
+            route_keys,
             routers,
             mocks,
             upstreams,

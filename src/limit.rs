@@ -157,7 +157,7 @@ impl Leases {
     /// tokens leased while checking stay with this worker for later requests.
     pub fn admit(
         &self,
-        buckets: &[SharedBucket],
+        buckets: &[std::sync::Arc<SharedBucket>],
         chain: &[usize],
         now: u64,
     ) -> Result<(), Refusal> {
@@ -186,7 +186,7 @@ impl Leases {
     /// the fewest tokens left.
     pub fn standing(
         &self,
-        buckets: &[SharedBucket],
+        buckets: &[std::sync::Arc<SharedBucket>],
         chain: &[usize],
         now: u64,
     ) -> Option<Standing> {
@@ -223,13 +223,14 @@ pub fn write_fields(out: &mut Vec<u8>, bucket: &SharedBucket, remaining: u64, re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     const SEC: u64 = 1_000_000_000;
 
     #[test]
     fn a_bucket_admits_its_burst_then_its_rate() {
         // The reference's test point: burst 5, rate 10 admits 5 at once, then one per 100 ms.
-        let buckets = [SharedBucket::new("b", 10.0, 5)];
+        let buckets = [Arc::new(SharedBucket::new("b", 10.0, 5))];
         let leases = Leases::new(1, 1);
         let t0 = 10 * SEC;
         let admitted = (0..20)
@@ -245,7 +246,7 @@ mod tests {
 
     #[test]
     fn many_workers_never_admit_more_than_the_bucket() {
-        let buckets = [SharedBucket::new("b", 1000.0, 100)];
+        let buckets = [Arc::new(SharedBucket::new("b", 1000.0, 100))];
         let workers: Vec<Leases> = (0..8).map(|_| Leases::new(1, 8)).collect();
         let mut admitted = 0u64;
         let t0 = 10 * SEC;
@@ -267,8 +268,8 @@ mod tests {
     #[test]
     fn a_refused_request_takes_no_token_at_any_level() {
         let buckets = [
-            SharedBucket::new("route", 1.0, 3),
-            SharedBucket::new("global", 1.0, 1),
+            Arc::new(SharedBucket::new("route", 1.0, 3)),
+            Arc::new(SharedBucket::new("global", 1.0, 1)),
         ];
         let leases = Leases::new(2, 1);
         let t0 = 10 * SEC;
@@ -286,7 +287,7 @@ mod tests {
 
     #[test]
     fn fractional_rates_work() {
-        let buckets = [SharedBucket::new("slow", 0.5, 1)];
+        let buckets = [Arc::new(SharedBucket::new("slow", 0.5, 1))];
         let leases = Leases::new(1, 1);
         let t0 = 10 * SEC;
         assert!(leases.admit(&buckets, &[0], t0).is_ok());

@@ -23,6 +23,8 @@ USAGE:
     weir run -c FILE      start the gateway with the config FILE
     weir check -c FILE    check a config and print every error with file:line:column
     weir routes -c FILE   print the route table Weir would serve, with each route's stages
+    weir reload -c FILE   reload the whole config of the gateway running with FILE, and
+                          say what changed (or every error: then nothing changed)
     weir usage -c FILE [KEY]
                           print each API key's quota use in the current period
     weir purge --pid PID [ROUTE...]
@@ -37,7 +39,8 @@ SIGNALS:
     SIGTERM, SIGINT, SIGQUIT
                           stop accepting, let in-flight requests finish (up to
                           [server] drain_timeout), then exit 0; a second one exits now
-    SIGHUP                re-read TLS certificates and keys; on an error keep the old ones
+    SIGHUP                reload the whole config, as `weir reload`; on an error keep the
+                          config that serves and log every error
     SIGUSR1               reopen log files (logrotate's postrotate); Weir logs to stderr
     SIGUSR2               purge the response cache (the routes `weir purge` asked for, or all)
     SIGWINCH              ignored (nginx stops daemon workers with it; Weir has none)
@@ -65,6 +68,18 @@ weir routes -c FILE
 Prints the route table Weir would serve for the config FILE (also --config FILE): for each
 route its listener, host, path, methods, integration and stages, in the order they are
 checked. Exit 1 with every error when the file does not check.";
+
+const RELOAD_HELP: &str = "\
+weir reload -c FILE
+
+Reloads the gateway that runs with the config FILE (also --config FILE), through its
+control socket, and waits for the result: FILE is checked exactly as `weir check` does,
+then routes, upstreams, keys and plans, limits, cache settings, listeners and TLS
+certificates change at once, with no connection closed and no request lost. Throttle
+state, quota counts, cache entries, target health, warm upstream connections and TLS
+sessions carry over. Exit 0 and the new generation's summary; exit 1 and every error
+when the file does not check or a new listener cannot bind: then nothing changed.
+SIGHUP does the same.";
 
 const USAGE_HELP: &str = "\
 weir usage -c FILE [KEY]
@@ -105,9 +120,10 @@ fn main() -> ExitCode {
             (Some("--pid"), Some(pid)) => purge(pid, &args[3..]),
             _ => fail("expected `weir purge --pid PID [ROUTE...]`"),
         },
-        Some(cmd @ ("run" | "check" | "routes")) => match config_path(&args[1..]) {
+        Some(cmd @ ("run" | "check" | "routes" | "reload")) => match config_path(&args[1..]) {
             Ok(path) if cmd == "run" => run(path),
             Ok(path) if cmd == "check" => check(path),
+            Ok(path) if cmd == "reload" => reload(&path),
             Ok(path) => routes(path),
             Err(msg) => fail(&format!("{msg}: `weir {cmd} -c FILE`")),
         },
@@ -120,6 +136,7 @@ fn subcommand_help(cmd: &str) -> Option<&'static str> {
         "run" => RUN_HELP,
         "check" => CHECK_HELP,
         "routes" => ROUTES_HELP,
+        "reload" => RELOAD_HELP,
         "usage" => USAGE_HELP,
         "purge" => PURGE_HELP,
         _ => return None,
@@ -361,6 +378,21 @@ fn usage(path: PathBuf, only_key: Option<&str>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `weir reload`: asks the running gateway to reload, prints what it said.
+fn reload(path: &Path) -> ExitCode {
+    match weir::control::request(path, "reload") {
+        Ok((true, text)) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Ok((false, text)) => {
+            eprint!("{text}");
+            ExitCode::from(1)
+        }
+        Err(msg) => fail(&msg),
+    }
+}
+
 fn signal_name(sig: i32) -> &'static str {
     match sig {
         SIGTERM => "SIGTERM",
@@ -387,7 +419,7 @@ fn run(path: PathBuf) -> ExitCode {
             Ok(s) => s,
             Err(e) => return fail(&format!("cannot handle signals: {e}")),
         };
-    let running = match weir::server::start(config) {
+    let running = match weir::server::start(config, &path) {
         Ok(r) => r,
         Err(msg) => {
             error!("{msg}");
@@ -410,14 +442,20 @@ fn run(path: PathBuf) -> ExitCode {
         cpus.join(", ")
     );
 
+    let control = running.control();
+    let socket = weir::control::socket_path(&path);
+    if let Err(e) = weir::control::serve(socket.clone(), control.clone()) {
+        warn!("{e}: `weir reload` cannot reach this gateway; SIGHUP still reloads");
+    }
+
     let is_stop = |sig: i32| matches!(sig, SIGTERM | SIGINT | SIGQUIT);
     let first = signals.forever().find(|&sig| {
         let name = signal_name(sig);
         match sig {
             SIGHUP => {
-                for line in running.reload_certificates() {
-                    info!("{name}: {line}");
-                }
+                info!("{name}: reloading {}", path.display());
+                // The outcome is logged by the reload itself.
+                let _ = control.reload();
             }
             SIGUSR1 => info!("{name}: no log file to reopen: Weir logs to stderr"),
             SIGUSR2 => {
@@ -427,7 +465,7 @@ fn run(path: PathBuf) -> ExitCode {
                     .map(|text| text.lines().map(str::to_string).collect())
                     .unwrap_or_default();
                 let _ = std::fs::remove_file(&request);
-                for line in running.purge_cache(&routes) {
+                for line in control.purge_cache(&routes) {
                     info!("{name}: {line}");
                 }
             }
@@ -451,6 +489,7 @@ fn run(path: PathBuf) -> ExitCode {
         }
     });
     running.wait();
+    let _ = std::fs::remove_file(&socket);
     info!("stopped");
     ExitCode::SUCCESS
 }

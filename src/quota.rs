@@ -119,7 +119,12 @@ pub struct QuotaCounter {
     pub period: Period,
     /// Period index (high 24 bits) and count (low 40 bits).
     state: AtomicU64,
+    /// The state last written to the store (only the store's thread writes it).
+    stored: AtomicU64,
 }
+
+/// The counters the store's thread persists: swapped by a reload, read once a second.
+pub type QuotaSet = Arc<std::sync::Mutex<Arc<[Arc<QuotaCounter>]>>>;
 
 impl QuotaCounter {
     pub fn new(plan: &str, key: &str, limit: u64, period: Period) -> QuotaCounter {
@@ -129,6 +134,21 @@ impl QuotaCounter {
             limit,
             period,
             state: AtomicU64::new(0),
+            stored: AtomicU64::new(0),
+        }
+    }
+
+    /// The same key's counter under a changed limit or period (a reload): the count goes
+    /// on.
+    pub fn with_limit(&self, limit: u64, period: Period) -> QuotaCounter {
+        let state = self.state.load(Ordering::Relaxed);
+        QuotaCounter {
+            plan: self.plan.clone(),
+            key: self.key.clone(),
+            limit,
+            period,
+            state: AtomicU64::new(state),
+            stored: AtomicU64::new(self.stored.load(Ordering::Relaxed)),
         }
     }
 
@@ -187,25 +207,18 @@ impl QuotaCounter {
 }
 
 /// Loads stored counts into `counters`. A missing store is an empty one.
-pub fn load(path: &Path, counters: &[QuotaCounter]) -> Result<(), String> {
-    if !path.exists() {
+pub fn load(path: &Path, counters: &[Arc<QuotaCounter>]) -> Result<(), String> {
+    if !path.exists() || counters.is_empty() {
         return Ok(());
     }
-    let db = redb::ReadOnlyDatabase::open(path)
-        .map_err(|e| format!("cannot open quota store {}: {e}", path.display()))?;
-    let txn = db.begin_read().map_err(|e| e.to_string())?;
-    let table = match txn.open_table(USAGE) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
-        Err(e) => return Err(e.to_string()),
-    };
+    let rows = read_all(path).map_err(|e| format!("cannot open quota store {}: {e}", path.display()))?;
     for c in counters {
-        if let Some(v) = table
-            .get((c.plan.as_str(), c.key.as_str()))
-            .map_err(|e| e.to_string())?
+        if let Some((_, _, period, count)) = rows
+            .iter()
+            .find(|(plan, key, _, _)| *plan == c.plan && *key == c.key)
         {
-            let (period, count) = v.value();
-            c.restore(period, count);
+            c.restore(*period, *count);
+            c.stored.store(c.state.load(Ordering::Relaxed), Ordering::Relaxed);
         }
     }
     Ok(())
@@ -270,12 +283,13 @@ enum StoreError {
     Failed(String),
 }
 
-/// Writes every counter whose state changed since `last`, in one transaction. Ok(true):
-/// something was written; `last` is updated only once it is committed.
-fn store(path: &Path, counters: &[QuotaCounter], last: &mut [u64]) -> Result<bool, StoreError> {
+/// Writes every counter whose state changed since it was last stored, in one
+/// transaction. Ok(true): something was written; what was stored is noted only once it
+/// is committed.
+fn store(path: &Path, counters: &[Arc<QuotaCounter>]) -> Result<bool, StoreError> {
     let changed: Vec<(usize, u64)> = (0..counters.len())
         .map(|i| (i, counters[i].state.load(Ordering::Relaxed)))
-        .filter(|&(i, word)| word != last[i])
+        .filter(|&(i, word)| word != counters[i].stored.load(Ordering::Relaxed))
         .collect();
     if changed.is_empty() {
         return Ok(false);
@@ -300,7 +314,7 @@ fn store(path: &Path, counters: &[QuotaCounter], last: &mut [u64]) -> Result<boo
     }
     txn.commit().map_err(|e| failed(&e))?;
     for (i, word) in changed {
-        last[i] = word;
+        counters[i].stored.store(word, Ordering::Relaxed);
     }
     Ok(true)
 }
@@ -319,16 +333,12 @@ pub struct Persister {
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 impl Persister {
-    pub fn start(path: PathBuf, counters: Arc<[QuotaCounter]>) -> Result<Persister, String> {
+    pub fn start(path: PathBuf, set: QuotaSet) -> Result<Persister, String> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = thread::Builder::new()
             .name("weir-quota-store".into())
             .spawn(move || {
-                let mut last: Vec<u64> = counters
-                    .iter()
-                    .map(|c| c.state.load(Ordering::Relaxed))
-                    .collect();
                 let mut stopping = false;
                 // A failing store is reported once, and its recovery once, not every second.
                 let mut failing = false;
@@ -342,14 +352,16 @@ impl Persister {
                         }
                         thread::sleep(FLUSH_EVERY / 10);
                     }
-                    let mut result = store(&path, &counters, &mut last);
+                    // The set a reload may have swapped in since the last write.
+                    let counters = set.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    let mut result = store(&path, &counters);
                     // The last write waits out a reader, as `weir usage` waits out a write.
                     for _ in 0..50 {
                         if !stopping || !matches!(result, Err(StoreError::Busy)) {
                             break;
                         }
                         thread::sleep(Duration::from_millis(20));
-                        result = store(&path, &counters, &mut last);
+                        result = store(&path, &counters);
                     }
                     let cause = match result {
                         Ok(wrote) => {
@@ -494,13 +506,13 @@ mod tests {
         let path = dir.join("usage.redb");
         let _ = std::fs::remove_file(&path);
         let t = 20_000 * DAY;
-        let before = [QuotaCounter::new("gold", "acme", 10, Period::Day)];
+        let before = [Arc::new(QuotaCounter::new("gold", "acme", 10, Period::Day))];
         for _ in 0..4 {
             before[0].try_reserve(t).unwrap();
         }
-        let mut last = vec![0; 1];
-        assert!(matches!(store(&path, &before, &mut last), Ok(true)));
-        let after = [QuotaCounter::new("gold", "acme", 10, Period::Day)];
+        assert!(matches!(store(&path, &before), Ok(true)));
+        assert!(matches!(store(&path, &before), Ok(false)), "nothing new");
+        let after = [Arc::new(QuotaCounter::new("gold", "acme", 10, Period::Day))];
         load(&path, &after).unwrap();
         assert_eq!(after[0].used(t), 4);
         assert_eq!(
@@ -521,26 +533,26 @@ mod tests {
         // An existing store, held by redb as a running Weir holds it while it writes: fine,
         // and its counts are untouched.
         let t = 20_000 * DAY;
-        let counters = [QuotaCounter::new("gold", "acme", 10, Period::Day)];
+        let counters = [Arc::new(QuotaCounter::new("gold", "acme", 10, Period::Day))];
         counters[0].try_reserve(t).unwrap();
-        assert!(matches!(store(&path, &counters, &mut [0]), Ok(true)));
+        assert!(matches!(store(&path, &counters), Ok(true)));
         let held = redb::Database::create(&path).unwrap();
         check_store(&path).unwrap();
         // The persister itself waits for such a holder rather than failing.
         counters[0].try_reserve(t).unwrap();
-        let mut last = [0];
-        assert!(matches!(
-            store(&path, &counters, &mut last),
-            Err(StoreError::Busy)
-        ));
-        assert_eq!(last, [0], "nothing counts as written");
+        assert!(matches!(store(&path, &counters), Err(StoreError::Busy)));
+        assert_eq!(
+            unpack(counters[0].stored.load(Ordering::Relaxed)).1,
+            1,
+            "the second count is not noted as written"
+        );
         drop(held);
         check_store(&path).unwrap();
         assert_eq!(
             read_all(&path).unwrap(),
             vec![("gold".into(), "acme".into(), 20_000, 1)]
         );
-        assert!(matches!(store(&path, &counters, &mut last), Ok(true)));
+        assert!(matches!(store(&path, &counters), Ok(true)));
         assert_eq!(read_all(&path).unwrap()[0].3, 2);
         // A directory, a path under a file, a missing directory: the path and the cause.
         let err = check_store(&dir).unwrap_err();

@@ -1,19 +1,24 @@
-//! Start-up and shutdown: binds the listeners, starts one pinned worker thread per core
-//! with its own runtime and its own SO_REUSEPORT socket per listener, reports what runs,
-//! and turns SIGTERM/SIGINT into a graceful drain.
+//! Start-up, reload and shutdown: binds the listeners, starts one pinned worker thread
+//! per core with its own runtime and its own SO_REUSEPORT socket per listener, reports
+//! what runs, reloads the config into a new generation ([`Control::reload`]), and turns
+//! SIGTERM/SIGINT/SIGQUIT into a graceful drain.
 //!
 //! Must not: do any request work. Everything that can fail at start (bind, ring set-up)
-//! fails here, before the first connection, as a one-line error.
+//! fails here, before the first connection, as a one-line error; everything that can fail
+//! in a reload fails before the new generation is published, leaving the old one serving.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 
 use crate::config::{Config, IoDriver, RingMode, Workers};
 use crate::gateway::Gateway;
-use crate::worker::Worker;
+use crate::quota::QuotaSet;
+use crate::registry::Registry;
+use crate::worker::{Published, Worker};
 
 /// The I/O driver a worker ended up with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,15 +57,33 @@ impl Bound {
 
 /// A running gateway.
 pub struct Running {
-    /// Each listener as bound, in config order.
+    /// Each listener as bound at start, in config order.
     pub listeners: Vec<Bound>,
     pub workers: usize,
     pub driver: Driver,
     pub cpus: Vec<Option<usize>>,
     shutdown: Arc<AtomicBool>,
     threads: Vec<thread::JoinHandle<()>>,
-    quota_store: Option<crate::quota::Persister>,
-    gateway: Arc<Gateway>,
+    control: Arc<Control>,
+}
+
+/// What changes a running gateway: reloads and purges, from the signal thread and the
+/// control socket alike, one at a time.
+pub struct Control {
+    /// The config file, read again on each reload.
+    path: PathBuf,
+    workers: usize,
+    published: Arc<Published>,
+    registry: Registry,
+    cache_bus: Arc<crate::cache::Bus>,
+    /// The quota counters the store's thread writes, and that thread once a plan has a
+    /// quota.
+    quota_set: QuotaSet,
+    quota_store: Mutex<Option<crate::quota::Persister>>,
+    /// The store chosen at start: a reload keeps it.
+    quota_path: PathBuf,
+    /// One reload at a time.
+    reloading: Mutex<()>,
 }
 
 impl Running {
@@ -70,37 +93,9 @@ impl Running {
         self.wait();
     }
 
-    /// Re-reads TLS certificates (on SIGHUP); a line per TLS listener.
-    pub fn reload_certificates(&self) -> Vec<String> {
-        self.gateway.reload_certificates()
-    }
-
-    /// Purges the response cache on every worker: the named routes' entries, or all of
-    /// them when `routes` is empty. A line per purge saying what happened.
-    pub fn purge_cache(&self, routes: &[String]) -> Vec<String> {
-        use crate::cache::Purge;
-        let bus = &self.gateway.cache_bus;
-        if routes.is_empty() {
-            bus.send(Purge::All, None);
-            return vec!["purged the whole cache".into()];
-        }
-        let config = &self.gateway.config;
-        routes
-            .iter()
-            .map(|name| {
-                match config
-                    .routes
-                    .iter()
-                    .position(|r| r.name.as_deref() == Some(name.as_str()))
-                {
-                    Some(i) => {
-                        bus.send(Purge::Route(i), None);
-                        format!("purged route `{name}`")
-                    }
-                    None => format!("no route is named `{name}`: nothing purged for it"),
-                }
-            })
-            .collect()
+    /// What reloads and purges this gateway.
+    pub fn control(&self) -> Arc<Control> {
+        self.control.clone()
     }
 
     /// Handle that starts a drain when set (for signal handlers).
@@ -114,14 +109,231 @@ impl Running {
         for t in self.threads {
             let _ = t.join();
         }
-        if let Some(store) = self.quota_store {
+        let store = self.control.quota_store.lock().map(|mut s| s.take());
+        if let Ok(Some(store)) = store {
             store.finish();
         }
     }
 }
 
+/// What a reload did, or why it did nothing.
+pub type ReloadResult = Result<Vec<String>, Vec<String>>;
+
+impl Control {
+    /// The generation serving now.
+    pub fn current(&self) -> Arc<Gateway> {
+        self.published.current()
+    }
+
+    /// Reloads the config file: checked as `weir check` does, then built against the
+    /// state that outlives generations, with new listeners bound; then published to the
+    /// workers. On any error nothing changes. Ok: lines saying what serves now;
+    /// Err: every error. Both are logged here.
+    pub fn reload(&self) -> ReloadResult {
+        let _one = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.published.current();
+        let result = self.build_next(&old);
+        match &result {
+            Ok(lines) => {
+                for line in lines {
+                    crate::info!("{line}");
+                }
+            }
+            Err(errors) => {
+                for e in errors {
+                    crate::error!("reload: {e}");
+                }
+                crate::error!(
+                    "reload: kept generation {} ({} error{})",
+                    old.generation,
+                    errors.len(),
+                    if errors.len() == 1 { "" } else { "s" }
+                );
+            }
+        }
+        result
+    }
+
+    fn build_next(&self, old: &Gateway) -> ReloadResult {
+        let config = crate::config::load(&self.path)
+            .map_err(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+        let mut notes = Vec::new();
+        if config.server.workers != old.config.server.workers
+            || config.server.io != old.config.server.io
+            || config.server.ring != old.config.server.ring
+            || config.server.ring_entries != old.config.server.ring_entries
+            || config.server.pin != old.config.server.pin
+            || config.cache_memory != old.config.cache_memory
+        {
+            notes.push(
+                "reload: [server] workers, io, ring, ring_entries, pin and [cache] memory \
+                 take effect at the next start"
+                    .to_string(),
+            );
+        }
+        if config.quota_store != self.quota_path {
+            notes.push(format!(
+                "reload: [quotas] store stays {} until the next start",
+                self.quota_path.display()
+            ));
+        }
+
+        // Listeners: the ones that stay keep their sockets; new ones are bound now, so a
+        // port in use fails the reload before anything changed.
+        let mut bound = Vec::new();
+        let mut announced = Vec::new();
+        let mut sockets: Vec<Vec<(SocketAddr, std::net::TcpListener)>> =
+            (0..self.workers).map(|_| Vec::new()).collect();
+        for l in &config.listeners {
+            let same = |o: &crate::config::Listener| {
+                o.address == l.address && (l.address.port() != 0 || o.name == l.name)
+            };
+            if let Some(i) = old.config.listeners.iter().position(same) {
+                bound.push(old.bound[i]);
+                continue;
+            }
+            let addr = bind_group(l, &mut sockets).map_err(|e| vec![e])?;
+            bound.push(addr);
+            announced.push(Bound {
+                name: l.name.clone(),
+                addr,
+                tls: l.tls.is_some(),
+            });
+        }
+
+        let mut state = self.registry.next();
+        let next = Gateway::new(
+            config,
+            old.generation + 1,
+            bound,
+            self.cache_bus.clone(),
+            &mut state,
+        )
+        .map_err(|e| vec![e])?;
+        crate::quota::load(&self.quota_path, &state.new_quotas).map_err(|e| vec![e])?;
+        if !next.quotas.is_empty() {
+            let mut store = self.quota_store.lock().unwrap_or_else(|e| e.into_inner());
+            if store.is_none() {
+                *store = Some(
+                    crate::quota::Persister::start(self.quota_path.clone(), self.quota_set.clone())
+                        .map_err(|e| vec![e])?,
+                );
+            }
+        }
+        let summary = summarize(old, &next);
+        state.commit();
+        *self.quota_set.lock().unwrap_or_else(|e| e.into_inner()) = next.quotas.clone();
+        let generation = next.generation;
+        self.published.publish(Arc::new(next), sockets);
+
+        let mut lines = notes;
+        for b in &announced {
+            lines.push(format!("listening on {} (listener `{}`)", b.url(), b.name));
+        }
+        lines.push(format!("reload: generation {generation} serving ({summary})"));
+        Ok(lines)
+    }
+
+    /// Purges the response cache on every worker: the named routes' entries, or all of
+    /// them when `routes` is empty. A line per purge saying what happened.
+    pub fn purge_cache(&self, routes: &[String]) -> Vec<String> {
+        use crate::cache::Purge;
+        let bus = &self.cache_bus;
+        if routes.is_empty() {
+            bus.send(Purge::All, None);
+            return vec!["purged the whole cache".into()];
+        }
+        let gateway = self.published.current();
+        routes
+            .iter()
+            .map(|name| {
+                match gateway
+                    .config
+                    .routes
+                    .iter()
+                    .position(|r| r.name.as_deref() == Some(name.as_str()))
+                {
+                    Some(i) => {
+                        bus.send(Purge::Route(gateway.route_keys[i]), None);
+                        format!("purged route `{name}`")
+                    }
+                    None => format!("no route is named `{name}`: nothing purged for it"),
+                }
+            })
+            .collect()
+    }
+}
+
+/// `routes: 1 added, 0 removed, 2 changed; listeners: ...; upstreams: ...`.
+fn summarize(old: &Gateway, new: &Gateway) -> String {
+    // Routes by identity; a route "changed" when anything but its line moved.
+    let route = |g: &Gateway, i: usize| {
+        let mut r = g.config.routes[i].clone();
+        r.line = 0;
+        format!("{r:?}")
+    };
+    let routes = diff(
+        &old.route_keys,
+        &new.route_keys,
+        |i| route(old, i),
+        |i| route(new, i),
+    );
+    let names = |g: &Gateway| g.config.listeners.iter().map(|l| l.name.clone()).collect();
+    let (on, nn): (Vec<String>, Vec<String>) = (names(old), names(new));
+    let listeners = diff(
+        &on,
+        &nn,
+        |i| format!("{:?}{:?}", old.config.listeners[i], old.bound[i]),
+        |i| format!("{:?}{:?}", new.config.listeners[i], new.bound[i]),
+    );
+    let names = |g: &Gateway| g.config.upstreams.iter().map(|u| u.name.clone()).collect();
+    let (ou, nu): (Vec<String>, Vec<String>) = (names(old), names(new));
+    let upstreams = diff(
+        &ou,
+        &nu,
+        |i| format!("{:?}", old.config.upstreams[i]),
+        |i| format!("{:?}", new.config.upstreams[i]),
+    );
+    format!("routes: {routes}; listeners: {listeners}; upstreams: {upstreams}")
+}
+
+/// `A added, R removed, C changed` between two lists of identities.
+fn diff<K: PartialEq>(
+    old: &[K],
+    new: &[K],
+    old_text: impl Fn(usize) -> String,
+    new_text: impl Fn(usize) -> String,
+) -> String {
+    let added = new.iter().filter(|k| !old.contains(k)).count();
+    let removed = old.iter().filter(|k| !new.contains(k)).count();
+    let changed = new
+        .iter()
+        .enumerate()
+        .filter_map(|(n, k)| Some((n, old.iter().position(|o| o == k)?)))
+        .filter(|&(n, o)| new_text(n) != old_text(o))
+        .count();
+    format!("{added} added, {removed} removed, {changed} changed")
+}
+
+/// Claims `l`'s address (another process holding it, another Weir too, is an error rather
+/// than a partner in the SO_REUSEPORT group; port 0 is resolved there), then binds one
+/// socket on it for each worker.
+fn bind_group(
+    l: &crate::config::Listener,
+    sockets: &mut [Vec<(SocketAddr, std::net::TcpListener)>],
+) -> Result<SocketAddr, String> {
+    let cannot = |addr, e| format!("cannot listen on {addr} (listener `{}`): {e}", l.name);
+    let addr = crate::net::claim_address(l.address).map_err(|e| cannot(l.address, e))?;
+    for per_worker in sockets.iter_mut() {
+        let socket = crate::net::bind_reuseport(addr, l.backlog).map_err(|e| cannot(addr, e))?;
+        per_worker.push((addr, socket));
+    }
+    Ok(addr)
+}
+
 /// Binds everything and starts the workers. Returns once every worker is serving.
-pub fn start(config: Config) -> Result<Running, String> {
+/// `path` is the config file, read again on each reload.
+pub fn start(config: Config, path: &Path) -> Result<Running, String> {
     let cpus = crate::net::allowed_cpus();
     let workers = match config.server.workers {
         Workers::Count(n) => n,
@@ -129,19 +341,13 @@ pub fn start(config: Config) -> Result<Running, String> {
     };
 
     // Bind one socket per worker per listener now, so a bind error stops start-up cleanly.
-    // The address is claimed first, so another process holding it (another Weir too) is
-    // an error rather than a partner in the SO_REUSEPORT group; port 0 is resolved there.
     let mut bound = Vec::new();
-    let mut sockets: Vec<Vec<(usize, std::net::TcpListener)>> =
+    let mut addrs = Vec::new();
+    let mut sockets: Vec<Vec<(SocketAddr, std::net::TcpListener)>> =
         (0..workers).map(|_| Vec::new()).collect();
-    for (index, l) in config.listeners.iter().enumerate() {
-        let cannot = |addr, e| format!("cannot listen on {addr} (listener `{}`): {e}", l.name);
-        let addr = crate::net::claim_address(l.address).map_err(|e| cannot(l.address, e))?;
-        for per_worker in sockets.iter_mut() {
-            let socket =
-                crate::net::bind_reuseport(addr, l.backlog).map_err(|e| cannot(addr, e))?;
-            per_worker.push((index, socket));
-        }
+    for l in &config.listeners {
+        let addr = bind_group(l, &mut sockets)?;
+        addrs.push(addr);
         bound.push(Bound {
             name: l.name.clone(),
             addr,
@@ -149,26 +355,33 @@ pub fn start(config: Config) -> Result<Running, String> {
         });
     }
 
-    let gateway = Arc::new(Gateway::new(config, workers)?);
+    let registry = Registry::new()?;
+    let cache_bus = Arc::new(crate::cache::Bus::new(workers));
+    let mut state = registry.next();
+    let gateway = Gateway::new(config, 1, addrs, cache_bus.clone(), &mut state)?;
+    let quota_path = gateway.config.quota_store.clone();
+    crate::quota::load(&quota_path, &state.new_quotas)?;
+    state.commit();
+    let quota_set: QuotaSet = Arc::new(Mutex::new(gateway.quotas.clone()));
     let quota_store = if gateway.quotas.is_empty() {
         None
     } else {
-        let path = gateway.config.quota_store.clone();
-        crate::quota::load(&path, &gateway.quotas)?;
         Some(crate::quota::Persister::start(
-            path,
-            gateway.quotas.clone(),
+            quota_path.clone(),
+            quota_set.clone(),
         )?)
     };
+    let pin = gateway.config.server.pin;
+    let published = Arc::new(Published::new(Arc::new(gateway), workers));
     let shutdown = Arc::new(AtomicBool::new(false));
     let seed = ahash::RandomState::new().hash_one(std::process::id());
     let (ready_tx, ready_rx) = mpsc::channel::<Result<Driver, String>>();
     let mut threads = Vec::new();
     let mut pinned = Vec::new();
     for (id, listeners) in sockets.into_iter().enumerate() {
-        let cpu = (gateway.config.server.pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
+        let cpu = (pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         pinned.push(cpu);
-        let gateway = gateway.clone();
+        let published = published.clone();
         let shutdown = shutdown.clone();
         let ready = ready_tx.clone();
         let plan = WorkerPlan {
@@ -180,7 +393,7 @@ pub fn start(config: Config) -> Result<Running, String> {
         };
         let t = thread::Builder::new()
             .name(format!("weir-worker-{id}"))
-            .spawn(move || worker_thread(plan, gateway, shutdown, ready))
+            .spawn(move || worker_thread(plan, published, shutdown, ready))
             .map_err(|e| format!("cannot start worker thread: {e}"))?;
         threads.push(t);
     }
@@ -204,8 +417,17 @@ pub fn start(config: Config) -> Result<Running, String> {
         cpus: pinned,
         shutdown,
         threads,
-        quota_store,
-        gateway,
+        control: Arc::new(Control {
+            path: path.to_path_buf(),
+            workers,
+            published,
+            registry,
+            cache_bus,
+            quota_set,
+            quota_store: Mutex::new(quota_store),
+            quota_path,
+            reloading: Mutex::new(()),
+        }),
     })
 }
 
@@ -217,13 +439,13 @@ struct WorkerPlan {
     cpu: Option<usize>,
     /// Per-process random seed for request ids.
     seed: u64,
-    /// This worker's own socket for each listener, by listener index.
-    listeners: Vec<(usize, std::net::TcpListener)>,
+    /// This worker's own socket for each listener, by bound address.
+    listeners: Vec<(SocketAddr, std::net::TcpListener)>,
 }
 
 fn worker_thread(
     plan: WorkerPlan,
-    gateway: Arc<Gateway>,
+    published: Arc<Published>,
     shutdown: Arc<AtomicBool>,
     ready: mpsc::Sender<Result<Driver, String>>,
 ) {
@@ -239,9 +461,9 @@ fn worker_thread(
             crate::warn!("worker {id}: cannot pin to CPU {cpu}: {e}");
         }
     }
-    let server = &gateway.config.server;
+    let server = published.current().config.server.clone();
     let (io, ring, entries) = (server.io, server.ring, server.ring_entries);
-    let worker = Rc::new(Worker::new(id, gateway.clone(), seed, workers));
+    let worker = Rc::new(Worker::new(id, published, seed, workers));
 
     if io != IoDriver::Epoll {
         for mode in ring_modes(ring) {
@@ -252,9 +474,8 @@ fn worker_thread(
                 .build();
             match built {
                 Ok(mut rt) => {
-                    let listeners = set_blocking(listeners, true);
                     let _ = ready.send(Ok(Driver::IoUring(mode)));
-                    rt.block_on(worker.run(listeners, shutdown));
+                    rt.block_on(worker.run(listeners, shutdown, true));
                     return;
                 }
                 Err(e) if io == IoDriver::IoUring && ring != RingMode::Auto => {
@@ -278,25 +499,13 @@ fn worker_thread(
         .build()
     {
         Ok(mut rt) => {
-            let listeners = set_blocking(listeners, false);
             let _ = ready.send(Ok(Driver::Epoll));
-            rt.block_on(worker.run(listeners, shutdown));
+            rt.block_on(worker.run(listeners, shutdown, false));
         }
         Err(e) => {
             let _ = ready.send(Err(format!("worker {id}: cannot start epoll runtime: {e}")));
         }
     }
-}
-
-/// io_uring wants blocking sockets (it polls internally); epoll needs non-blocking ones.
-fn set_blocking(
-    listeners: Vec<(usize, std::net::TcpListener)>,
-    blocking: bool,
-) -> Vec<(usize, std::net::TcpListener)> {
-    for (_, l) in &listeners {
-        let _ = l.set_nonblocking(!blocking);
-    }
-    listeners
 }
 
 fn ring_modes(mode: RingMode) -> Vec<RingMode> {

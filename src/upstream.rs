@@ -141,16 +141,21 @@ impl TargetHealth {
 #[derive(Debug)]
 pub struct SharedUpstream {
     pub config: Upstream,
-    pub health: Box<[TargetHealth]>,
+    /// Each target's health, by target index; shared with every generation that has the
+    /// same target address (see `crate::registry`).
+    pub health: Box<[Arc<TargetHealth>]>,
     pub tls: Option<UpstreamTls>,
 }
 
 impl SharedUpstream {
-    pub fn new(config: Upstream) -> Result<SharedUpstream, String> {
+    pub fn new(
+        config: Upstream,
+        state: &mut crate::registry::Next,
+    ) -> Result<SharedUpstream, String> {
         let health = config
             .targets
             .iter()
-            .map(|_| TargetHealth::default())
+            .map(|t| state.health(t.addr))
             .collect();
         let tls = match &config.tls {
             None => None,
@@ -264,6 +269,31 @@ impl Pools {
             })
             .collect();
         Pools { groups }
+    }
+
+    /// Takes the idle connections of `old` (a previous generation's pools) to targets
+    /// this generation still has: same address, spoken to the same way (plain, or TLS
+    /// with the same server name). The others close when `old` is dropped.
+    pub fn take_idle_from(&mut self, old: &mut Pools) {
+        for og in &mut old.groups {
+            for (oi, ot) in og.targets.iter_mut().enumerate() {
+                if ot.idle.is_empty() {
+                    continue;
+                }
+                let addr = og.shared.config.targets[oi].addr;
+                let name = og.shared.tls.as_ref().map(|t| &t.names[oi]);
+                let found = self.groups.iter_mut().find_map(|g| {
+                    let i = g.shared.config.targets.iter().position(|t| t.addr == addr)?;
+                    let same = g.shared.tls.as_ref().map(|t| &t.names[i]) == name;
+                    same.then_some((g, i))
+                });
+                if let Some((g, i)) = found {
+                    let room = g.shared.config.max_idle.saturating_sub(g.targets[i].idle.len());
+                    let n = ot.idle.len().min(room);
+                    g.targets[i].idle.extend(ot.idle.drain(..n));
+                }
+            }
+        }
     }
 }
 
@@ -419,8 +449,9 @@ mod tests {
             "t",
         )
         .unwrap();
+        let registry = crate::registry::Registry::new().unwrap();
         let shared = vec![Arc::new(
-            SharedUpstream::new(c.upstreams[0].clone()).unwrap(),
+            SharedUpstream::new(c.upstreams[0].clone(), &mut registry.next()).unwrap(),
         )];
         Pools::new(&shared).groups.remove(0)
     }

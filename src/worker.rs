@@ -1,17 +1,25 @@
-//! One worker: the state a core owns, its accept loops, and its drain on shutdown.
+//! One worker: the state a core owns, its accept loops, the config generation it
+//! serves, and its drain on shutdown.
 //!
-//! Owns: everything per core ([`Worker`]): upstream pools, reusable buffers, the request-id
-//! sequence, the cached `Date`, the in-flight count, its response-cache shard. It is
+//! Owns: everything per core ([`Worker`]): reusable buffers, the request-id sequence, the
+//! cached `Date`, the in-flight count, its response-cache shard, and for the config
+//! generation it serves ([`Generation`]) its upstream pools and throttle leases. It is
 //! passed down explicitly to each connection task as an `Rc`; there are no hidden globals.
+//!
+//! A reload publishes a new generation ([`Published`]); a worker takes it up at the next
+//! request that asks ([`Worker::generation`], one relaxed load when nothing changed) or at
+//! its next tick, when it also starts accepting on new listeners and stops on removed
+//! ones. A request keeps the generation it started with until it ends.
 //!
 //! Must not: be shared with another thread (it is `!Send` by construction), or block its
 //! event loop.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -32,12 +40,71 @@ pub const HEAD_BUFFER: usize = 1024;
 /// Buffers kept for reuse per worker; beyond this, returned buffers are freed.
 const POOLED_BUFFERS: usize = 1024;
 
-pub struct Worker {
-    pub id: usize,
+/// The serving generation, as the control thread publishes it to every worker.
+pub struct Published {
+    current: arc_swap::ArcSwap<Gateway>,
+    /// `current`'s generation number: what a worker compares on each request.
+    generation: AtomicU64,
+    /// Listener sockets a reload bound, one queue per worker: (address, its socket).
+    inbox: Box<[crossbeam_queue::SegQueue<(SocketAddr, std::net::TcpListener)>]>,
+}
+
+impl Published {
+    pub fn new(first: Arc<Gateway>, workers: usize) -> Published {
+        Published {
+            generation: AtomicU64::new(first.generation),
+            current: arc_swap::ArcSwap::new(first),
+            inbox: (0..workers).map(|_| Default::default()).collect(),
+        }
+    }
+
+    /// The generation serving now.
+    pub fn current(&self) -> Arc<Gateway> {
+        self.current.load_full()
+    }
+
+    /// Makes `next` the serving generation, with `sockets[worker]` the new listeners'
+    /// sockets for each worker.
+    pub fn publish(
+        &self,
+        next: Arc<Gateway>,
+        sockets: Vec<Vec<(SocketAddr, std::net::TcpListener)>>,
+    ) {
+        for (queue, mine) in self.inbox.iter().zip(sockets) {
+            for s in mine {
+                queue.push(s);
+            }
+        }
+        let number = next.generation;
+        self.current.store(next);
+        self.generation.store(number, Ordering::Release);
+    }
+}
+
+/// A worker's part of one config generation: the generation itself and what the worker
+/// keeps for it (indexed by its upstreams and buckets).
+pub struct Generation {
     pub gateway: Arc<Gateway>,
     pub pools: RefCell<Pools>,
     /// This worker's leased tokens of every throttle bucket.
     pub leases: Leases,
+}
+
+/// An accept loop's stop signal, for a listener a reload removed.
+#[derive(Default)]
+struct StopAccepting {
+    stopped: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+pub struct Worker {
+    pub id: usize,
+    workers: usize,
+    published: Arc<Published>,
+    /// The generation this worker serves new requests with.
+    current: RefCell<Rc<Generation>>,
+    /// The listeners this worker accepts on, by bound address.
+    accepting: RefCell<Vec<(SocketAddr, Rc<StopAccepting>)>>,
     /// This worker's share of the response cache.
     pub cache: RefCell<crate::cache::Shard>,
     read_buffers: RefCell<Vec<BytesMut>>,
@@ -51,15 +118,20 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(id: usize, gateway: Arc<Gateway>, seed: u64, workers: usize) -> Worker {
-        let pools = Pools::new(&gateway.upstreams);
-        let leases = Leases::new(gateway.buckets.len(), workers as u32);
+    pub fn new(id: usize, published: Arc<Published>, seed: u64, workers: usize) -> Worker {
+        let gateway = published.current();
         let cache_share = gateway.config.cache_memory / workers.max(1) as u64;
+        let current = Generation {
+            pools: RefCell::new(Pools::new(&gateway.upstreams)),
+            leases: Leases::new(gateway.buckets.len(), workers as u32),
+            gateway,
+        };
         Worker {
             id,
-            gateway,
-            pools: RefCell::new(pools),
-            leases,
+            workers,
+            published,
+            current: RefCell::new(Rc::new(current)),
+            accepting: RefCell::default(),
             cache: RefCell::new(crate::cache::Shard::new(cache_share)),
             read_buffers: RefCell::default(),
             write_buffers: RefCell::default(),
@@ -70,6 +142,38 @@ impl Worker {
             draining: Cell::new(false),
             drain_waiters: RefCell::default(),
         }
+    }
+
+    /// The generation to start a request on: the one serving now. One relaxed load when
+    /// no reload happened since the last call.
+    pub fn generation(&self) -> Rc<Generation> {
+        let current = self.current.borrow();
+        if self.published.generation.load(Ordering::Relaxed) == current.gateway.generation {
+            return current.clone();
+        }
+        drop(current);
+        self.take_up_published()
+    }
+
+    /// Switches to the published generation: new pools (with the idle connections to
+    /// targets it still has) and new leases. Leased tokens of the old generation are not
+    /// carried over: at most a lease per bucket is left unused, never handed out twice.
+    fn take_up_published(&self) -> Rc<Generation> {
+        let gateway = self.published.current();
+        let mut pools = Pools::new(&gateway.upstreams);
+        {
+            let old = self.current.borrow();
+            if let Ok(mut old_pools) = old.pools.try_borrow_mut() {
+                pools.take_idle_from(&mut old_pools);
+            };
+        }
+        let next = Rc::new(Generation {
+            leases: Leases::new(gateway.buckets.len(), self.workers as u32),
+            pools: RefCell::new(pools),
+            gateway,
+        });
+        *self.current.borrow_mut() = next.clone();
+        next
     }
 
     /// A small buffer for reading request heads; most API request heads fit in it.
@@ -132,6 +236,39 @@ impl Worker {
         }
     }
 
+    fn start_accepting(self: &Rc<Self>, addr: SocketAddr, socket: std::net::TcpListener, blocking: bool) {
+        // io_uring wants blocking sockets (it polls internally); epoll non-blocking ones.
+        let _ = socket.set_nonblocking(!blocking);
+        match monoio::net::TcpListener::from_std(socket) {
+            Ok(l) => {
+                let stop = Rc::new(StopAccepting::default());
+                self.accepting.borrow_mut().push((addr, stop.clone()));
+                monoio::spawn(accept_loop(self.clone(), addr, l, stop));
+            }
+            Err(e) => crate::error!("worker {}: cannot use listener {addr}: {e}", self.id),
+        }
+    }
+
+    /// At each tick: takes up a published generation, accepts on the listeners it added,
+    /// and stops accepting on those it removed (their connections finish their current
+    /// request, then close).
+    fn follow_reloads(self: &Rc<Self>, blocking: bool) {
+        let gen = self.generation();
+        while let Some((addr, socket)) = self.published.inbox[self.id].pop() {
+            self.start_accepting(addr, socket, blocking);
+        }
+        self.accepting.borrow_mut().retain(|(addr, stop)| {
+            let keep = gen.gateway.listener_at(*addr).is_some();
+            if !keep {
+                stop.stopped.set(true);
+                if let Some(w) = stop.waker.borrow_mut().take() {
+                    w.wake();
+                }
+            }
+            keep
+        });
+    }
+
     /// Counts a request as in flight until the guard is dropped.
     pub fn request_started(self: &Rc<Self>) -> InFlight {
         self.in_flight.set(self.in_flight.get() + 1);
@@ -158,24 +295,22 @@ impl Worker {
     /// in-flight requests finish up to the drain timeout, and returns.
     pub async fn run(
         self: Rc<Self>,
-        listeners: Vec<(usize, std::net::TcpListener)>,
+        listeners: Vec<(SocketAddr, std::net::TcpListener)>,
         shutdown: Arc<AtomicBool>,
+        blocking: bool,
     ) {
-        for (index, std_listener) in listeners {
-            match monoio::net::TcpListener::from_std(std_listener) {
-                Ok(l) => {
-                    monoio::spawn(accept_loop(self.clone(), index, l));
-                }
-                Err(e) => crate::error!("worker {}: cannot use listener: {e}", self.id),
-            }
+        for (addr, std_listener) in listeners {
+            self.start_accepting(addr, std_listener, blocking);
         }
         // The signal arrives on the main thread; a 100 ms poll is ten wake-ups a second,
         // and keeps cross-thread wake-ups (a global mutex in monoio) off the request path.
+        // Reloads are taken up at the same tick.
         while !shutdown.load(Ordering::Relaxed) {
             monoio::time::sleep(Duration::from_millis(100)).await;
+            self.follow_reloads(blocking);
         }
         self.start_drain();
-        let deadline = Instant::now() + self.gateway.config.server.drain_timeout;
+        let deadline = Instant::now() + self.generation().gateway.config.server.drain_timeout;
         while self.in_flight.get() > 0 && Instant::now() < deadline {
             monoio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -189,20 +324,33 @@ impl Worker {
     }
 }
 
-async fn accept_loop(worker: Rc<Worker>, index: usize, listener: monoio::net::TcpListener) {
+async fn accept_loop(
+    worker: Rc<Worker>,
+    addr: SocketAddr,
+    listener: monoio::net::TcpListener,
+    removed: Rc<StopAccepting>,
+) {
     let mut stop = std::pin::pin!(worker.drained());
+    let mut removed = std::pin::pin!(Removed(removed));
     loop {
         monoio::select! {
             _ = &mut stop => break,
+            _ = &mut removed => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     // Heads and bodies are written whole: Nagle would only delay them.
                     let _ = stream.set_nodelay(true);
-                    match &worker.gateway.tls[index] {
+                    // The listener's settings (TLS) as the serving generation has them.
+                    let gen = worker.generation();
+                    let Some(index) = gen.gateway.listener_at(addr) else {
+                        continue;
+                    };
+                    match &gen.gateway.tls[index] {
                         None => {
                             monoio::spawn(crate::proxy::serve(
                                 worker.clone(),
-                                index,
+                                gen.clone(),
+                                addr,
                                 stream,
                                 peer,
                                 b"http",
@@ -214,6 +362,7 @@ async fn accept_loop(worker: Rc<Worker>, index: usize, listener: monoio::net::Tc
                             let deadline = tls.handshake_timeout;
                             let mutual = tls.mutual;
                             let worker = worker.clone();
+                            let gen = gen.clone();
                             monoio::spawn(async move {
                                 let handshake = crate::tls::TlsStream::accept(stream, config);
                                 // A failed or stalled handshake (an unknown protocol version,
@@ -225,7 +374,7 @@ async fn accept_loop(worker: Rc<Worker>, index: usize, listener: monoio::net::Tc
                                         } else {
                                             Vec::new()
                                         };
-                                        crate::proxy::serve(worker, index, tls, peer, b"https", client_cert).await;
+                                        crate::proxy::serve(worker, gen, addr, tls, peer, b"https", client_cert).await;
                                     }
                                     Ok(Ok(crate::tls::Accepted::PlainHttp(tcp))) => {
                                         refuse_plain_http(&worker, tcp).await;
@@ -246,6 +395,21 @@ async fn accept_loop(worker: Rc<Worker>, index: usize, listener: monoio::net::Tc
     }
     // Dropping the listener here closes this worker's socket, so the kernel sends new
     // connections to no one rather than to a worker that will not accept them.
+}
+
+/// Resolves when a reload removed the listener.
+struct Removed(Rc<StopAccepting>);
+
+impl Future for Removed {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.stopped.get() {
+            Poll::Ready(())
+        } else {
+            *self.0.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
 }
 
 /// What a plain-HTTP request on a TLS port is told, as nginx's "The plain HTTP request

@@ -127,7 +127,7 @@ fn steady_state_proxying_allocates_nothing_per_request() {
         "alloc-test",
     )
     .unwrap();
-    let running = weir::server::start(config).unwrap();
+    let running = weir::server::start(config, std::path::Path::new("allocations.toml")).unwrap();
     let addr = running.listeners[0].addr;
 
     let mut s = TcpStream::connect(addr).unwrap();

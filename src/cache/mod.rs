@@ -222,7 +222,9 @@ pub struct Stored {
     pub variant: Box<[u8]>,
     /// For each name in the response's `Vary`: `name\0value\0` as the request had them.
     pub vary: Box<[u8]>,
-    pub route: usize,
+    /// The route that stored it, by its identity across reloads
+    /// ([`crate::gateway::route_key`]).
+    pub route: u64,
     /// Status line and header lines, each ending in CRLF, without framing, hop-by-hop
     /// fields or `Age`; the origin's `Date` is kept.
     pub head: Bytes,
@@ -576,8 +578,8 @@ impl Future for FillWait {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purge {
     All,
-    /// Every entry a route stored (by route index).
-    Route(usize),
+    /// Every entry a route stored (by [`crate::gateway::route_key`]).
+    Route(u64),
     /// Every query form and variant of a `host path` (by its hash, [`invalidation_hash`]).
     Path(u64),
 }

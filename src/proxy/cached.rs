@@ -257,7 +257,8 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     /// up for the relay.
     pub(super) async fn cache_stage(&mut self, route_id: usize, rc: &RouteCache) -> Option<bool> {
         let worker = self.worker.clone();
-        let gateway = &*worker.gateway;
+        let gen = self.gen.clone();
+        let gateway = &*gen.gateway;
         self.cache.reset();
         self.cache.route = route_id;
         let buf = &self.buf[..];
@@ -404,12 +405,16 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         let ticket = self.take_fill(hash);
         let request = self.buf[..self.head.len].to_vec();
         let stale = stale.clone();
-        let (worker, listener, proto) = (self.worker.clone(), self.listener, self.proto);
+        let (worker, gen, proto) = (self.worker.clone(), self.gen.clone(), self.proto);
+        let (listener_addr, listener) = (self.listener_addr, self.listener);
         let peer = std::net::SocketAddr::new(self.peer_ip, 0);
         monoio::spawn(async move {
-            let mut conn = Connection::new(worker.clone(), listener, Sink, peer, proto);
+            // On the generation of the request that found the entry stale: `route_id`
+            // is an index into it.
+            let mut conn = Connection::new(worker, gen.clone(), listener_addr, Sink, peer, proto);
+            conn.listener = listener;
             conn.buf = BytesMut::from(&request[..]);
-            let limits = &worker.gateway.config.http;
+            let limits = &gen.gateway.config.http;
             if crate::http::parse_request(&conn.buf, limits, &mut conn.head) == Ok(true) {
                 conn.refresh(route_id, stale, ticket).await;
             }
@@ -419,8 +424,8 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
 
     /// Runs a background refresh: the upstream part of a miss, answered to nobody.
     async fn refresh(&mut self, route_id: usize, stale: Rc<Stored>, ticket: FillTicket) {
-        let worker = self.worker.clone();
-        let route = &worker.gateway.config.routes[route_id];
+        let gen = self.gen.clone();
+        let route = &gen.gateway.config.routes[route_id];
         let (Some(rc), Integration::Http(integration)) = (&route.cache, &route.integration) else {
             return;
         };
@@ -486,7 +491,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             if self.flush_to_client().await.is_err() {
                 return false;
             }
-            let send_timeout = self.worker.gateway.config.http.body_timeout;
+            let send_timeout = self.gen.gateway.config.http.body_timeout;
             return match timeout(send_timeout, self.stream.write_all(stored.body.clone())).await {
                 Ok((Ok(_), _)) => !close,
                 _ => false,
@@ -499,7 +504,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     /// Returns `None` when there is none.
     pub(super) async fn serve_stale_on_error(&mut self, consume: bool) -> Option<bool> {
         let stale = self.cache.stale.clone()?;
-        let rc = self.worker.gateway.config.routes[self.cache.route]
+        let rc = self.gen.gateway.config.routes[self.cache.route]
             .cache
             .as_ref()?;
         if !stale.may_serve_on_error(clock_ms(), rc.stale_if_error.as_secs()) {
@@ -521,7 +526,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             if (200..400).contains(&status) {
                 let worker = &self.worker;
                 worker.cache.borrow_mut().invalidate_path(path_hash);
-                worker
+                self.gen
                     .gateway
                     .cache_bus
                     .send(Purge::Path(path_hash), Some(worker.id));
@@ -530,8 +535,8 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         if self.cache.status.is_none() || !self.cache.store {
             return OnResponse::Relay;
         }
-        let worker = self.worker.clone();
-        let Some(rc) = worker.gateway.config.routes[self.cache.route]
+        let gen = self.gen.clone();
+        let Some(rc) = gen.gateway.config.routes[self.cache.route]
             .cache
             .as_ref()
         else {
@@ -715,7 +720,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         let stored = Stored {
             variant: self.cache.key.variant().into(),
             vary: c.vary.into(),
-            route: self.cache.route,
+            route: self.gen.gateway.route_keys[self.cache.route],
             head: c.head.into(),
             not_modified: c.not_modified.into(),
             status: c.status,

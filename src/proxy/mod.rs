@@ -31,7 +31,7 @@ use crate::rewrite::{self, ForwardRequest, ForwardResponse};
 use crate::router::RouteMatch;
 use crate::stages::{Outcome, Verdict};
 use crate::upstream::{self, ConnectError, Tried, UpstreamStream};
-use crate::worker::Worker;
+use crate::worker::{Generation, Worker};
 use cached::{CacheRequest, OnResponse};
 
 mod cached;
@@ -43,13 +43,18 @@ const BODY_CHUNK: usize = 32 * 1024;
 /// (`proto` says which, for `X-Forwarded-Proto`).
 pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(
     worker: Rc<Worker>,
-    listener: usize,
+    gen: Rc<Generation>,
+    listener: SocketAddr,
     stream: S,
     peer: SocketAddr,
     proto: &'static [u8],
     client_cert: Vec<u8>,
 ) {
-    let mut conn = Connection::new(worker, listener, stream, peer, proto);
+    let Some(index) = gen.gateway.listener_at(listener) else {
+        return;
+    };
+    let mut conn = Connection::new(worker, gen, listener, stream, peer, proto);
+    conn.listener = index;
     conn.client_cert = client_cert;
     conn.run().await;
     conn.release();
@@ -128,6 +133,11 @@ enum HeadRead {
 
 struct Connection<S> {
     worker: Rc<Worker>,
+    /// The config generation the current (or last) request runs on.
+    gen: Rc<Generation>,
+    /// The listener's bound address: how it is found again in a newer generation.
+    listener_addr: SocketAddr,
+    /// The listener's index in `gen`.
     listener: usize,
     /// `http` or `https`.
     proto: &'static [u8],
@@ -159,7 +169,8 @@ struct Connection<S> {
 impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     fn new(
         worker: Rc<Worker>,
-        listener: usize,
+        gen: Rc<Generation>,
+        listener_addr: SocketAddr,
         stream: S,
         peer: SocketAddr,
         proto: &'static [u8],
@@ -174,7 +185,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         let buf = worker.head_buffer();
         Connection {
             worker,
-            listener,
+            gen,
+            listener_addr,
+            listener: 0,
             proto,
             stream,
             peer_ip: peer.ip(),
@@ -245,6 +258,14 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     return;
                 }
             }
+            // The request runs on the generation serving now; a connection whose listener
+            // a reload removed closes instead (its client retries on a new connection).
+            let gen = self.worker.generation();
+            match gen.gateway.listener_at(self.listener_addr) {
+                Some(index) => self.listener = index,
+                None => return,
+            }
+            self.gen = gen;
             self.served += 1;
             let in_flight = self.worker.request_started();
             if !self.handle().await {
@@ -259,14 +280,14 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
 
     /// Reads until `buf` starts with a complete request head.
     async fn read_head(&mut self) -> HeadRead {
-        let limits = &self.worker.gateway.config.http;
+        let limits = &self.gen.gateway.config.http;
         let (header_timeout, idle_timeout) = (limits.header_timeout, limits.keepalive_timeout);
         // The first request gets the header timeout from the start (nginx
         // client_header_timeout); later ones may idle for the keep-alive timeout first.
         let mut deadline = (self.served == 0).then(|| Instant::now() + header_timeout);
         loop {
             if !self.buf.is_empty() {
-                let limits = &self.worker.gateway.config.http;
+                let limits = &self.gen.gateway.config.http;
                 match parse_request(&self.buf, limits, &mut self.head) {
                     Ok(true) => return HeadRead::Ready,
                     Ok(false) => {}
@@ -276,7 +297,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             }
             let wait_until = deadline.unwrap_or_else(|| Instant::now() + idle_timeout);
             // Read into what is free; when the buffer is full, double it (up to max_head).
-            let max_head = self.worker.gateway.config.http.max_head;
+            let max_head = self.gen.gateway.config.http.max_head;
             let want = match self.buf.len() {
                 0 => crate::worker::HEAD_BUFFER,
                 n => n.min(max_head.saturating_sub(n)).max(1),
@@ -305,7 +326,8 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     async fn handle(&mut self) -> bool {
         self.ensure_write_buffer();
         let worker = self.worker.clone();
-        let gateway = &*worker.gateway;
+        let gen = self.gen.clone();
+        let gateway = &*gen.gateway;
         self.set_facts();
         self.sent_continue = false;
         self.new_request_id(true);
@@ -341,7 +363,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             listener: self.listener,
             route: route_id,
         };
-        match crate::stages::run(gateway, &worker.leases, &request, &mut self.stages) {
+        match crate::stages::run(gateway, &gen.leases, &request, &mut self.stages) {
             Verdict::Proceed => {}
             Verdict::Forbidden => return self.respond_error(403, None).await,
             Verdict::Throttled { bucket, wait_nanos } => {
@@ -420,7 +442,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
 
     /// Whether the connection may carry another request after this one.
     fn keeps_alive(&self) -> bool {
-        let limits = &self.worker.gateway.config.http;
+        let limits = &self.gen.gateway.config.http;
         self.facts.keep_alive
             && self.served < limits.keepalive_requests
             && !self.worker.is_draining()
@@ -589,7 +611,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     /// Writes `out` to the client and clears it.
     async fn flush_to_client(&mut self) -> io::Result<()> {
         let out = std::mem::take(&mut self.out);
-        let send_timeout = self.worker.gateway.config.http.body_timeout;
+        let send_timeout = self.gen.gateway.config.http.body_timeout;
         match timeout(send_timeout, self.stream.write_all(out)).await {
             Ok((res, mut out)) => {
                 out.clear();
@@ -644,7 +666,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         state: &mut BodyState,
         max_body: u64,
     ) -> Result<(), BodyError> {
-        let body_timeout = self.worker.gateway.config.http.body_timeout;
+        let body_timeout = self.gen.gateway.config.http.body_timeout;
         while !state.is_done() {
             if self.buf.is_empty() {
                 let buf = std::mem::take(&mut self.buf);
@@ -677,10 +699,10 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     /// The HTTP integration: choose a target, send the request, relay the response, retry
     /// where that is safe (see docs/config.md, "Retries").
     async fn proxy(&mut self, route: &Route, integration: &HttpIntegration) -> bool {
-        let worker = self.worker.clone();
+                let gen = self.gen.clone();
         let group = integration.upstream;
-        let upstream = &worker.gateway.config.upstreams[group];
-        let health = &worker.gateway.upstreams[group].health;
+        let upstream = &gen.gateway.config.upstreams[group];
+        let health = &gen.gateway.upstreams[group].health;
 
         let (buffered, mut body) = match self.buffered_body(route.max_body) {
             Ok(b) => b,
@@ -693,20 +715,20 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         let mut fresh_only = false;
 
         loop {
-            let picked = worker.pools.borrow_mut().groups[group].pick(tried);
+            let picked = gen.pools.borrow_mut().groups[group].pick(tried);
             let Some(target) = picked else {
                 return self.fail(failure, true).await;
             };
             let pooled = if fresh_only {
                 None
             } else {
-                worker.pools.borrow_mut().groups[group].take_idle(target)
+                gen.pools.borrow_mut().groups[group].take_idle(target)
             };
             let reused = pooled.is_some();
             let mut conn = match pooled {
                 Some(c) => c,
                 None => {
-                    match upstream::connect(&worker.gateway.upstreams[group], target).await {
+                    match upstream::connect(&gen.gateway.upstreams[group], target).await {
                         Ok(c) => c,
                         Err(e) => {
                             // Nothing was sent: any method may go to another target.
@@ -742,7 +764,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                         if route.forward_api_key {
                             b""
                         } else {
-                            worker.gateway.config.api_key_header.as_bytes()
+                            gen.gateway.config.api_key_header.as_bytes()
                         },
                         route.api_key_id_header.as_deref().unwrap_or("").as_bytes(),
                     ],
@@ -750,7 +772,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                         let key = self.stages.api_key?;
                         Some((
                             name.as_bytes(),
-                            worker.gateway.config.api_keys[key].id.as_bytes(),
+                            gen.gateway.config.api_keys[key].id.as_bytes(),
                         ))
                     }),
                 },
@@ -772,7 +794,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 continue;
             }
 
-            worker.pools.borrow_mut().groups[group].started(target);
+            gen.pools.borrow_mut().groups[group].started(target);
             let result = self
                 .send_rest_and_relay(
                     &mut conn,
@@ -783,13 +805,13 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     upstream,
                 )
                 .await;
-            worker.pools.borrow_mut().groups[group].finished(target);
+            gen.pools.borrow_mut().groups[group].finished(target);
 
             match result {
                 Ok((upstream_reusable, client_keep)) => {
                     health[target].success();
                     if upstream_reusable {
-                        worker.pools.borrow_mut().groups[group].put_idle(target, conn);
+                        gen.pools.borrow_mut().groups[group].put_idle(target, conn);
                     }
                     return client_keep;
                 }
@@ -1014,7 +1036,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 if !self.out.is_empty() && self.flush_to_client().await.is_err() {
                     return Err(RelayError::Broken);
                 }
-                let send_timeout = self.worker.gateway.config.http.body_timeout;
+                let send_timeout = self.gen.gateway.config.http.body_timeout;
                 match timeout(send_timeout, self.stream.write_all(ubuf.slice(..take))).await {
                     Ok((Ok(_), slice)) => ubuf = slice.into_inner(),
                     _ => return Err(RelayError::Broken),
@@ -1120,9 +1142,14 @@ mod size_guard {
             let s = monoio::net::TcpStream::from_std(c).unwrap();
             let cfg =
                 crate::config::parse("[[listener]]\naddress = \"127.0.0.1:0\"\n", "t").unwrap();
-            let gw = std::sync::Arc::new(crate::gateway::Gateway::new(cfg, 1).unwrap());
-            let w = std::rc::Rc::new(crate::worker::Worker::new(0, gw, 1, 1));
-            let fut = super::serve(w, 0, s, "127.0.0.1:1".parse().unwrap(), b"http", Vec::new());
+            let registry = crate::registry::Registry::new().unwrap();
+            let bus = std::sync::Arc::new(crate::cache::Bus::new(1));
+            let addr: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+            let gw = crate::gateway::Gateway::new(cfg, 1, vec![addr], bus, &mut registry.next());
+            let published = crate::worker::Published::new(std::sync::Arc::new(gw.unwrap()), 1);
+            let w = std::rc::Rc::new(crate::worker::Worker::new(0, published.into(), 1, 1));
+            let gen = w.generation();
+            let fut = super::serve(w, gen, addr, s, addr, b"http", Vec::new());
             let size = std::mem::size_of_val(&fut);
             assert!(size <= 4096, "the connection future grew to {size} bytes");
         });

@@ -19,7 +19,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 
 pub mod stream;
 pub use stream::{Accepted, TlsStream};
@@ -411,55 +410,51 @@ impl CertTable {
     }
 }
 
-/// The certificates in use: swapped whole on reload, read without a lock.
+/// A listener's certificates, chosen by SNI. A reload builds a new one with the
+/// generation; handshakes under way keep the one they started with.
 #[derive(Debug)]
 struct SniResolver {
-    table: ArcSwap<CertTable>,
+    table: CertTable,
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.table.load().choose(hello.server_name()))
+        Some(self.table.choose(hello.server_name()))
     }
 }
 
-/// A listener's TLS: the rustls configuration every worker uses, and what reloads it.
+/// A listener's TLS: the rustls configuration every worker uses.
 #[derive(Debug)]
 pub struct Tls {
     pub config: Arc<ServerConfig>,
     pub handshake_timeout: std::time::Duration,
     /// Client certificates are asked for: forward what they say.
     pub mutual: bool,
-    settings: TlsSettings,
-    resolver: Arc<SniResolver>,
 }
 
 impl Tls {
-    /// Reads the certificates and builds the listener's TLS configuration.
-    pub fn new(settings: &TlsSettings) -> Result<Tls, String> {
+    /// Reads the certificates and builds the listener's TLS configuration. `ticketer`
+    /// makes and opens session tickets: the process's one set of keys, so that sessions
+    /// resume on every worker and across reloads.
+    pub fn new(
+        settings: &TlsSettings,
+        ticketer: Arc<dyn rustls::server::ProducesTickets>,
+    ) -> Result<Tls, String> {
         let resolver = Arc::new(SniResolver {
-            table: ArcSwap::from_pointee(CertTable::load(settings)?),
+            table: CertTable::load(settings)?,
         });
         Ok(Tls {
-            config: server_config(settings, resolver.clone())?,
+            config: server_config(settings, resolver, ticketer)?,
             handshake_timeout: settings.handshake_timeout,
             mutual: settings.client_auth.is_some(),
-            settings: settings.clone(),
-            resolver,
         })
-    }
-
-    /// Re-reads the certificate and key files. On any error the certificates in use stay.
-    pub fn reload(&self) -> Result<(), String> {
-        let table = CertTable::load(&self.settings)?;
-        self.resolver.table.store(Arc::new(table));
-        Ok(())
     }
 }
 
 fn server_config(
     settings: &TlsSettings,
     resolver: Arc<SniResolver>,
+    ticketer: Arc<dyn rustls::server::ProducesTickets>,
 ) -> Result<Arc<ServerConfig>, String> {
     let versions: &[&rustls::SupportedProtocolVersion] = if settings.tls12 {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
@@ -488,10 +483,9 @@ fn server_config(
     };
     let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    // Stateless resumption: ticket keys rotate every 6 hours and, being part of this one
-    // config, are the same on every worker.
-    config.ticketer =
-        rustls::crypto::ring::Ticketer::new().map_err(|e| format!("TLS tickets: {e}"))?;
+    // Stateless resumption: ticket keys rotate every 6 hours and are the process's own
+    // (`crate::registry`), the same on every worker and in every config generation.
+    config.ticketer = ticketer;
     Ok(Arc::new(config))
 }
 

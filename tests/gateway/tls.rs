@@ -361,7 +361,7 @@ fn sighup_reloads_certificates_for_new_handshakes_and_keeps_old_ones_on_error() 
         "new handshakes never got the new certificate"
     );
     assert!(
-        weir.log().contains("certificates reloaded"),
+        weir.log().contains("reload: generation 2 serving"),
         "{}",
         weir.log()
     );
@@ -380,7 +380,7 @@ fn sighup_reloads_certificates_for_new_handshakes_and_keeps_old_ones_on_error() 
     std::fs::write(&pki.certs[0].1.path, "not a key").unwrap();
     weir.signal(libc::SIGHUP);
     assert!(
-        eventually(|| weir.log().contains("kept the old certificates")),
+        eventually(|| weir.log().contains("reload: kept generation 2")),
         "{}",
         weir.log()
     );
