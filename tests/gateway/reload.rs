@@ -1078,6 +1078,7 @@ fn a_missing_certificate_file_keeps_the_old_certificate_and_config() {
 
 /// The new listener's port is held by another socket (bound without SO_REUSEPORT):
 /// nothing of the new file is used, and the error names the address or the listener.
+/// (A bind error has no place in the file, so no `file:line:column` is asked for.)
 #[test]
 fn a_new_listener_on_a_port_in_use_keeps_the_old_config_serving() {
     let addr = dead_port();
@@ -1121,7 +1122,15 @@ fn a_new_listener_on_a_port_in_use_keeps_the_old_config_serving() {
     for _ in 0..4 {
         assert_eq!(body(addr, "/v"), "one");
     }
+
+    // Once the port is free, the same file reloads: the failed try left nothing behind.
     drop(holder);
+    weir.reload();
+    assert!(
+        eventually(|| body(taken, "/v") == "two"),
+        "the new listener does not answer once its port is free"
+    );
+    assert_eq!(weir.announced("extra"), Some(taken));
 }
 
 // ---------------------------------------------------------------------------------------
