@@ -9,6 +9,7 @@ mod lifecycle;
 mod limits;
 mod proxying;
 mod quotas;
+mod reload;
 mod routing;
 mod smuggling;
 mod support;

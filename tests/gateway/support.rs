@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,15 @@ fn test_io() -> String {
     std::env::var("WEIR_TEST_IO").unwrap_or_else(|_| "auto".into())
 }
 
+/// The `[server]` section [`Weir::start`] adds to a config that has none (2 workers).
+fn server_prefix(config: &str) -> String {
+    if config.contains("[server]") {
+        String::new()
+    } else {
+        format!("[server]\nworkers = 2\nio = \"{}\"\n\n", test_io())
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The gateway under test
 // ---------------------------------------------------------------------------------------
@@ -30,22 +40,21 @@ pub struct Weir {
     pub listeners: HashMap<String, SocketAddr>,
     /// Everything the process wrote to stderr so far.
     pub log: Arc<Mutex<String>>,
-    _config: TempFile,
+    config: TempFile,
+    /// The `[server]` section [`Weir::start`] put before the config ("" when it added
+    /// none), put again by [`Weir::rewrite_config`] so a reload sees the same server.
+    server_prefix: String,
 }
 
 impl Weir {
     /// Starts Weir with `config`; a `[server]` section is added unless present (2 workers).
     /// Listener addresses should use port 0.
     pub fn start(config: &str) -> Weir {
-        let mut text = String::new();
-        if !config.contains("[server]") {
-            text.push_str(&format!(
-                "[server]\nworkers = 2\nio = \"{}\"\n\n",
-                test_io()
-            ));
-        }
-        text.push_str(config);
-        Weir::start_raw(&text).unwrap_or_else(|log| panic!("weir did not start:\n{log}"))
+        let prefix = server_prefix(config);
+        let mut weir = Weir::start_raw(&format!("{prefix}{config}"))
+            .unwrap_or_else(|log| panic!("weir did not start:\n{log}"));
+        weir.server_prefix = prefix;
+        weir
     }
 
     /// Starts Weir with exactly `config`; Err(stderr) if it exits or never reports ready.
@@ -87,7 +96,8 @@ impl Weir {
             child: Some(child),
             listeners: HashMap::new(),
             log: log.clone(),
-            _config: file,
+            config: file,
+            server_prefix: String::new(),
         };
         if rx.recv_timeout(PATIENCE).is_err() {
             thread::sleep(Duration::from_millis(100));
@@ -161,6 +171,127 @@ impl Weir {
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
+
+    /// Waits until the log has a line containing `needle`.
+    pub fn wait_for_log(&self, needle: &str) -> bool {
+        eventually(|| self.log().contains(needle))
+    }
+
+    /// How many log lines contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    // -- Live reload ---------------------------------------------------------------------
+
+    /// The config file the process was started with, which reloads read again.
+    pub fn config_path(&self) -> &Path {
+        &self.config.path
+    }
+
+    /// Writes `config` over the config file, in place (same path, same file). The
+    /// `[server]` section [`Weir::start`] added is added again when `config` has none, so
+    /// the server settings stay what they were. Nothing is reloaded yet.
+    pub fn rewrite_config(&self, config: &str) {
+        let text = if config.contains("[server]") {
+            config.to_string()
+        } else {
+            format!("{}{config}", self.server_prefix)
+        };
+        std::fs::write(&self.config.path, text).unwrap();
+    }
+
+    /// Runs `weir reload -c FILE` on the config file: (exit code, stdout, stderr). A command
+    /// still running after twice the patience is killed and reported as code -1.
+    pub fn reload_cli(&self) -> (i32, String, String) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["reload", "-c"])
+            .arg(&self.config.path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn weir reload");
+        let drain = |mut r: Box<dyn Read + Send>| {
+            thread::spawn(move || {
+                let mut s = String::new();
+                let _ = r.read_to_string(&mut s);
+                s
+            })
+        };
+        let out = drain(Box::new(child.stdout.take().unwrap()));
+        let err = drain(Box::new(child.stderr.take().unwrap()));
+        let deadline = Instant::now() + 2 * PATIENCE;
+        let code = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                break status.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break -1;
+            }
+            thread::sleep(Duration::from_millis(5));
+        };
+        (code, out.join().unwrap(), err.join().unwrap())
+    }
+
+    /// `weir reload -c FILE`, which must succeed (exit 0, a line with `generation N`):
+    /// the generation N it reports.
+    pub fn reload(&self) -> u64 {
+        let (code, out, err) = self.reload_cli();
+        let said = format!("{out}{err}");
+        let generation = generation_in(&said);
+        assert!(
+            code == 0 && generation.is_some(),
+            "`weir reload` failed (exit {code}):\nstdout: {out}\nstderr: {err}\nlog:\n{}",
+            self.log()
+        );
+        generation.unwrap()
+    }
+
+    /// `weir reload -c FILE`, which must succeed with generation `generation` serving.
+    pub fn reload_to(&self, generation: u64) {
+        let got = self.reload();
+        assert_eq!(got, generation, "the generation `weir reload` reported");
+    }
+
+    /// Sends SIGHUP and waits for the log line `reload: generation N serving`.
+    pub fn sighup_and_wait(&self, generation: u64) {
+        self.signal(libc::SIGHUP);
+        let line = format!("reload: generation {generation} serving");
+        assert!(
+            self.wait_for_log(&line),
+            "no `{line}` after SIGHUP; log:\n{}",
+            self.log()
+        );
+    }
+
+    /// The address the log last announced for listener `name`, at start or on a reload.
+    pub fn announced(&self, name: &str) -> Option<SocketAddr> {
+        let tail = format!(" (listener `{name}`)");
+        self.log()
+            .lines()
+            .filter_map(|l| l.split_once(" INFO listening on ").map(|(_, r)| r))
+            .filter_map(|r| r.strip_suffix(&tail))
+            .filter_map(|r| {
+                r.strip_prefix("http://")
+                    .or_else(|| r.strip_prefix("https://"))
+            })
+            .filter_map(|a| a.parse().ok())
+            .next_back()
+    }
+}
+
+/// The N of the first `generation N` in `text`.
+pub fn generation_in(text: &str) -> Option<u64> {
+    text.match_indices("generation ").find_map(|(i, w)| {
+        let digits: String = text[i + w.len()..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    })
 }
 
 impl Drop for Weir {
@@ -575,6 +706,43 @@ pub fn get_on(
         .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n").as_bytes())
         .unwrap();
     read_response(reader, false).expect("a response")
+}
+
+/// Like [`get_on`], but a write error or a connection closed before a whole response is
+/// an Err, not a panic (for load that counts its failures).
+pub fn try_get_on(
+    stream: &mut TcpStream,
+    reader: &mut BufReader<TcpStream>,
+    path: &str,
+    extra: &str,
+) -> Result<RawResponse, String> {
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n").as_bytes())
+        .map_err(|e| format!("GET {path}: write: {e}"))?;
+    read_response(reader, false).ok_or_else(|| format!("GET {path}: closed without a response"))
+}
+
+/// `GET path` on a new connection (`Connection: close`); Err for a refused connection,
+/// a write error or no whole response.
+pub fn try_get(addr: SocketAddr, path: &str, extra: &str) -> Result<RawResponse, String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    try_get_on(
+        &mut s,
+        &mut reader,
+        path,
+        &format!("Connection: close\r\n{extra}"),
+    )
+}
+
+/// True if a connection to `addr` is refused (nothing listens there).
+pub fn refuses(addr: SocketAddr) -> bool {
+    matches!(
+        TcpStream::connect(addr),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+    )
 }
 
 /// Sends raw bytes on a new connection and reads one response.
