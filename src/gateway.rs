@@ -99,7 +99,11 @@ impl Gateway {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let route_keys: Vec<u64> = config.routes.iter().map(|r| route_key(&config, r)).collect();
+        let route_keys: Vec<u64> = config
+            .routes
+            .iter()
+            .map(|r| route_key(&config, r))
+            .collect();
         let mocks = config
             .routes
             .iter()

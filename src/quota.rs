@@ -211,14 +211,16 @@ pub fn load(path: &Path, counters: &[Arc<QuotaCounter>]) -> Result<(), String> {
     if !path.exists() || counters.is_empty() {
         return Ok(());
     }
-    let rows = read_all(path).map_err(|e| format!("cannot open quota store {}: {e}", path.display()))?;
+    let rows =
+        read_all(path).map_err(|e| format!("cannot open quota store {}: {e}", path.display()))?;
     for c in counters {
         if let Some((_, _, period, count)) = rows
             .iter()
             .find(|(plan, key, _, _)| *plan == c.plan && *key == c.key)
         {
             c.restore(*period, *count);
-            c.stored.store(c.state.load(Ordering::Relaxed), Ordering::Relaxed);
+            c.stored
+                .store(c.state.load(Ordering::Relaxed), Ordering::Relaxed);
         }
     }
     Ok(())

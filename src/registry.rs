@@ -116,7 +116,13 @@ impl<'a> Next<'a> {
     /// The passive health of the target at `addr`, shared by every group that has it.
     pub fn health(&mut self, addr: SocketAddr) -> Arc<TargetHealth> {
         let now = self.now();
-        reuse(&now.health, &mut self.tables.health, addr, TargetHealth::default).0
+        reuse(
+            &now.health,
+            &mut self.tables.health,
+            addr,
+            TargetHealth::default,
+        )
+        .0
     }
 
     /// One key's quota counter in one plan; a changed limit or period keeps the count.

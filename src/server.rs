@@ -230,7 +230,9 @@ impl Control {
         for b in &announced {
             lines.push(format!("listening on {} (listener `{}`)", b.url(), b.name));
         }
-        lines.push(format!("reload: generation {generation} serving ({summary})"));
+        lines.push(format!(
+            "reload: generation {generation} serving ({summary})"
+        ));
         Ok(lines)
     }
 

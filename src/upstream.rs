@@ -283,12 +283,21 @@ impl Pools {
                 let addr = og.shared.config.targets[oi].addr;
                 let name = og.shared.tls.as_ref().map(|t| &t.names[oi]);
                 let found = self.groups.iter_mut().find_map(|g| {
-                    let i = g.shared.config.targets.iter().position(|t| t.addr == addr)?;
+                    let i = g
+                        .shared
+                        .config
+                        .targets
+                        .iter()
+                        .position(|t| t.addr == addr)?;
                     let same = g.shared.tls.as_ref().map(|t| &t.names[i]) == name;
                     same.then_some((g, i))
                 });
                 if let Some((g, i)) = found {
-                    let room = g.shared.config.max_idle.saturating_sub(g.targets[i].idle.len());
+                    let room = g
+                        .shared
+                        .config
+                        .max_idle
+                        .saturating_sub(g.targets[i].idle.len());
                     let n = ot.idle.len().min(room);
                     g.targets[i].idle.extend(ot.idle.drain(..n));
                 }

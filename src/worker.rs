@@ -236,7 +236,12 @@ impl Worker {
         }
     }
 
-    fn start_accepting(self: &Rc<Self>, addr: SocketAddr, socket: std::net::TcpListener, blocking: bool) {
+    fn start_accepting(
+        self: &Rc<Self>,
+        addr: SocketAddr,
+        socket: std::net::TcpListener,
+        blocking: bool,
+    ) {
         // io_uring wants blocking sockets (it polls internally); epoll non-blocking ones.
         let _ = socket.set_nonblocking(!blocking);
         match monoio::net::TcpListener::from_std(socket) {

@@ -536,10 +536,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             return OnResponse::Relay;
         }
         let gen = self.gen.clone();
-        let Some(rc) = gen.gateway.config.routes[self.cache.route]
-            .cache
-            .as_ref()
-        else {
+        let Some(rc) = gen.gateway.config.routes[self.cache.route].cache.as_ref() else {
             return OnResponse::Relay;
         };
         let reusable = self.response.keep_alive

@@ -699,7 +699,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     /// The HTTP integration: choose a target, send the request, relay the response, retry
     /// where that is safe (see docs/config.md, "Retries").
     async fn proxy(&mut self, route: &Route, integration: &HttpIntegration) -> bool {
-                let gen = self.gen.clone();
+        let gen = self.gen.clone();
         let group = integration.upstream;
         let upstream = &gen.gateway.config.upstreams[group];
         let health = &gen.gateway.upstreams[group].health;

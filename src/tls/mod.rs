@@ -19,7 +19,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-
 pub mod stream;
 pub use stream::{Accepted, TlsStream};
 
