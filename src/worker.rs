@@ -70,14 +70,16 @@ impl Published {
         next: Arc<Gateway>,
         sockets: Vec<Vec<(SocketAddr, std::net::TcpListener)>>,
     ) {
+        // The generation first: a worker that finds a socket in its inbox then finds the
+        // generation that has its listener.
+        let number = next.generation;
+        self.current.store(next);
+        self.generation.store(number, Ordering::Release);
         for (queue, mine) in self.inbox.iter().zip(sockets) {
             for s in mine {
                 queue.push(s);
             }
         }
-        let number = next.generation;
-        self.current.store(next);
-        self.generation.store(number, Ordering::Release);
     }
 }
 
@@ -258,10 +260,10 @@ impl Worker {
     /// and stops accepting on those it removed (their connections finish their current
     /// request, then close).
     fn follow_reloads(self: &Rc<Self>, blocking: bool) {
-        let gen = self.generation();
         while let Some((addr, socket)) = self.published.inbox[self.id].pop() {
             self.start_accepting(addr, socket, blocking);
         }
+        let gen = self.generation();
         self.accepting.borrow_mut().retain(|(addr, stop)| {
             let keep = gen.gateway.listener_at(*addr).is_some();
             if !keep {
