@@ -9,7 +9,10 @@
 //!   the response [`cache`] or integrate (mock, or an [`upstream`] with [`rewrite`]n
 //!   headers), respond.
 //!
-//! [`config`] reads and checks the file once; [`gateway`] compiles it into what workers share.
+//! [`config`] reads and checks the file; [`gateway`] compiles it into one generation that
+//! workers share, with state from the [`registry`] that outlives generations. A reload
+//! ([`server::Control::reload`], reached by SIGHUP or through [`control`]) publishes a new
+//! generation; each request runs on the one that served when it started.
 
 pub mod auth;
 pub mod cache;
