@@ -2,21 +2,7 @@
 //! refused with their line and what to write instead, every mistake in one run; configs
 //! written the way API Gateway or nginx users write them mean what they expect.
 
-use std::process::Command;
-
 use crate::support::*;
-
-fn weir(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// The error lines of `weir check` on `config`, without the file name and the count.
 fn errors(config: &str) -> Vec<String> {
@@ -175,9 +161,7 @@ fn api_keys_may_hold_punctuation_but_not_spaces_or_be_short() {
             "{LISTENER}[[api_key]]\nid = \"k\"\nvalue = \"{value}\"\n[[route]]\npath = \"/\"\napi_key_required = true\nmock = {{}}\n"
         )
     };
-    let ok = TempFile::new("toml", config("abcd-efgh-ijkl-mnop-qrst").as_bytes());
-    let (code, _, err) = weir(&["check", "-c", ok.path.to_str().unwrap()]);
-    assert_eq!(code, 0, "{err}");
+    check_passes(&config("abcd-efgh-ijkl-mnop-qrst"));
     for bad in ["short-key", "has a space in it somewhere"] {
         let errs = errors(&config(bad));
         assert!(

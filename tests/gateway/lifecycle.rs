@@ -7,18 +7,6 @@ use std::time::Duration;
 
 use crate::support::*;
 
-fn weir(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn check_accepts_the_quickstart_config() {
     let (code, out, _) = weir(&["check", "-c", "examples/quickstart.toml"]);

@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, HandshakeKind, StreamOwned};
+use rcgen::{Issuer, KeyPair};
+use rustls::pki_types::CertificateDer;
+use rustls::{ClientConfig, HandshakeKind};
 
 use crate::support::*;
 
@@ -166,21 +166,6 @@ impl Drop for StopOnDrop {
     }
 }
 
-/// A target that accepts connections and closes them unanswered; counts them.
-fn hanging_up_target() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let count = Arc::new(AtomicUsize::new(0));
-    let c = count.clone();
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            c.fetch_add(1, Ordering::SeqCst);
-            drop(stream);
-        }
-    });
-    (addr, count)
-}
-
 // ---------------------------------------------------------------------------------------
 // TLS: a CA made by the test and a rustls client that checks against it
 // ---------------------------------------------------------------------------------------
@@ -199,28 +184,13 @@ struct Cert {
 
 impl Ca {
     fn new() -> Ca {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "Weir reload test CA");
-        let ca = params.self_signed(&key).unwrap();
-        Ca {
-            der: ca.der().clone(),
-            issuer: Issuer::new(params, key),
-        }
+        let (der, _, issuer) = crate::tls::new_ca("Weir reload test CA");
+        Ca { der, issuer }
     }
 
     /// A new certificate for api.example.com: PEM texts and the certificate.
     fn issue_pem(&self) -> (String, String, CertificateDer<'static>) {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec!["api.example.com".to_string()]).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "api.example.com");
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem(), cert.der().clone())
+        crate::tls::issue(&self.issuer, &["api.example.com"])
     }
 
     fn issue(&self) -> Cert {
@@ -234,16 +204,7 @@ impl Ca {
 
     /// A TLS 1.3 client trusting this CA, with its own (empty) session store.
     fn client(&self) -> Arc<ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.der.clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Arc::new(config)
+        crate::tls::client_trusting(&self.der, &[&rustls::version::TLS13])
     }
 }
 
@@ -256,36 +217,13 @@ fn tls_listener(name: &str, addr: SocketAddr, cert: &Cert) -> String {
     )
 }
 
-struct TlsExchange {
-    response: RawResponse,
-    certificate: CertificateDer<'static>,
-    kind: Option<HandshakeKind>,
-}
-
 /// One HTTPS request to api.example.com on a new connection; Err if anything fails.
 fn https_get(
     addr: SocketAddr,
     config: &Arc<ClientConfig>,
     path: &str,
-) -> Result<TlsExchange, String> {
-    let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
-    let name = ServerName::try_from("api.example.com").unwrap();
-    let conn = ClientConnection::new(config.clone(), name).map_err(|e| e.to_string())?;
-    let mut tls = StreamOwned::new(conn, tcp);
-    tls.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n")
-            .as_bytes(),
-    )
-    .map_err(|e| e.to_string())?;
-    let mut reader = BufReader::new(tls);
-    let response = read_response(&mut reader, false).ok_or("no response")?;
-    let tls = reader.get_ref();
-    Ok(TlsExchange {
-        response,
-        certificate: tls.conn.peer_certificates().ok_or("no certificate")?[0].clone(),
-        kind: tls.conn.handshake_kind(),
-    })
+) -> Result<crate::tls::TlsExchange, String> {
+    crate::tls::https_get(addr, config, "api.example.com", path)
 }
 
 /// The certificate a brand-new TLS client (no session to resume) is served.

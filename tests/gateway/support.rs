@@ -327,6 +327,42 @@ impl Drop for TempFile {
     }
 }
 
+/// Runs the `weir` command with `args`: (exit code, stdout, stderr).
+pub fn weir(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A target that accepts connections and closes them unanswered; counts them.
+pub fn hanging_up_target() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            c.fetch_add(1, Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    (addr, count)
+}
+
+/// Runs `weir check` on `config`, which must pass: its output.
+pub fn check_passes(config: &str) -> String {
+    let file = TempFile::new("toml", config.as_bytes());
+    let (code, out, err) = weir(&["check", "-c", file.path.to_str().unwrap()]);
+    assert_eq!(code, 0, "weir check refused it: {err}");
+    out
+}
+
 /// Runs `weir check` on `config`, which must fail: its error output.
 pub fn check_fails(config: &str) -> String {
     let file = TempFile::new("toml", config.as_bytes());

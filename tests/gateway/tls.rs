@@ -22,15 +22,22 @@ struct Pki {
     certs: Vec<(TempFile, TempFile, CertificateDer<'static>)>,
 }
 
-fn pki() -> Pki {
+/// A new CA named `common_name`: its certificate, as DER and PEM, and what issues with it.
+pub(crate) fn new_ca(
+    common_name: &str,
+) -> (CertificateDer<'static>, String, Issuer<'static, KeyPair>) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params
         .distinguished_name
-        .push(rcgen::DnType::CommonName, "Weir test CA");
+        .push(rcgen::DnType::CommonName, common_name);
     let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
+    (ca.der().clone(), ca.pem(), Issuer::new(ca_params, ca_key))
+}
+
+fn pki() -> Pki {
+    let (ca_der, ca_pem, issuer) = new_ca("Weir test CA");
     let certs = [
         &["api.example.com"][..],
         &["*.example.com"],
@@ -47,15 +54,15 @@ fn pki() -> Pki {
     })
     .collect();
     Pki {
-        ca: ca.der().clone(),
-        ca_pem: TempFile::new("pem", ca.pem().as_bytes()),
+        ca: ca_der,
+        ca_pem: TempFile::new("pem", ca_pem.as_bytes()),
         issuer,
         certs,
     }
 }
 
 /// A new certificate for `names`: (certificate PEM, key PEM, certificate).
-fn issue(
+pub(crate) fn issue(
     issuer: &Issuer<'static, KeyPair>,
     names: &[&str],
 ) -> (String, String, CertificateDer<'static>) {
@@ -107,8 +114,16 @@ upstream = "backend"
 }
 
 fn client(pki: &Pki, versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<ClientConfig> {
+    client_trusting(&pki.ca, versions)
+}
+
+/// A client that trusts `ca` only, with its own (empty) session store.
+pub(crate) fn client_trusting(
+    ca: &CertificateDer<'static>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki.ca.clone()).unwrap();
+    roots.add(ca.clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
@@ -119,15 +134,15 @@ fn client(pki: &Pki, versions: &[&'static rustls::SupportedProtocolVersion]) -> 
     Arc::new(config)
 }
 
-struct TlsExchange {
-    response: RawResponse,
-    certificate: CertificateDer<'static>,
-    kind: Option<HandshakeKind>,
+pub(crate) struct TlsExchange {
+    pub(crate) response: RawResponse,
+    pub(crate) certificate: CertificateDer<'static>,
+    pub(crate) kind: Option<HandshakeKind>,
     alpn: Option<Vec<u8>>,
 }
 
 /// One HTTPS request with SNI `name`; Err if the handshake or request fails.
-fn https_get(
+pub(crate) fn https_get(
     addr: SocketAddr,
     config: &Arc<ClientConfig>,
     name: &str,
@@ -147,7 +162,7 @@ fn https_get(
     let tls = reader.get_ref();
     Ok(TlsExchange {
         response,
-        certificate: tls.conn.peer_certificates().unwrap()[0].clone(),
+        certificate: tls.conn.peer_certificates().ok_or("no certificate")?[0].clone(),
         kind: tls.conn.handshake_kind(),
         alpn: tls.conn.alpn_protocol().map(<[u8]>::to_vec),
     })

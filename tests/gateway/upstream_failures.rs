@@ -3,10 +3,7 @@
 //! request for want of a healthy target (the only target, or all of them, are tried).
 
 use std::io::{BufReader, Write};
-use std::net::TcpListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::thread;
+use std::sync::atomic::Ordering;
 use std::thread::sleep;
 use std::time::Duration;
 
@@ -66,21 +63,6 @@ fn the_only_target_of_a_group_is_never_left_out() {
         assert_eq!(get_x(&weir).status, 200);
     }
     assert_eq!(backend.requests(), 4);
-}
-
-/// A target that accepts connections and closes them unanswered; counts them.
-fn hanging_up_target() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let count = Arc::new(AtomicUsize::new(0));
-    let c = count.clone();
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            c.fetch_add(1, Ordering::SeqCst);
-            drop(stream);
-        }
-    });
-    (addr, count)
 }
 
 #[test]
