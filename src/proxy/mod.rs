@@ -330,6 +330,8 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         let gateway = &*gen.gateway;
         self.set_facts();
         self.sent_continue = false;
+        // Nothing from the previous request's stages reaches this one's answers.
+        self.stages.headers.clear();
         self.new_request_id(true);
         if let Some(port) = gateway.config.listeners[self.listener].redirect_https {
             return self.respond_https_redirect(port).await;
@@ -510,12 +512,14 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         let date = self.worker.date();
         self.ensure_write_buffer();
         self.out.clear();
+        // What the stages added (RateLimit fields) goes on Weir's own answers too: a
+        // client told its budget on a 200 is told it on the 502 that follows.
         let trailer = trailer(
             &self.request_id[..self.request_id_len],
             &date,
             close,
             self.facts.http10,
-            b"",
+            &self.stages.headers,
         );
         error_response_saying(&mut self.out, status, message, headers, &trailer);
         self.flush_to_client().await.is_ok() && !close

@@ -401,3 +401,30 @@ fn a_flood_of_client_addresses_stays_within_a_fixed_table() {
     assert_eq!(from_address(&weir, recent).status, 200);
     assert_eq!(from_address(&weir, recent).status, 429);
 }
+
+#[test]
+fn weirs_own_errors_after_the_stages_carry_the_ratelimit_fields_too() {
+    let dead = dead_port();
+    let weir = Weir::start(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream.gone]\ntargets = [\"{dead}\"]\n\
+         [[route]]\npath = \"/down\"\nupstream = \"gone\"\nthrottle = {{ rate = 0.1, burst = 5, headers = true }}\n\
+         [[route]]\npath = \"/m\"\nmock = {{}}\nthrottle = {{ rate = 0.1, burst = 5, headers = true }}\n"
+    ));
+    let mut s = connect(weir.addr());
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    // A 200 from a route that sends the fields, then a 404 on the same connection: the
+    // 404 ran no stage and must not carry the previous request's fields.
+    assert!(get(&mut s, &mut reader, "/m").header("ratelimit").is_some());
+    let missing = get(&mut s, &mut reader, "/nowhere");
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.header("ratelimit"), None);
+    // The upstream is down: the 502 tells the client its budget as a 200 would.
+    let r = raw(
+        weir.addr(),
+        b"GET /down HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 502);
+    assert_eq!(param(&sf_item(r.header("ratelimit").unwrap()).1, "r"), 4);
+    assert!(r.header("ratelimit-policy").is_some());
+}
