@@ -407,9 +407,15 @@ fn signal_name(sig: i32) -> &'static str {
 }
 
 fn run(path: PathBuf) -> ExitCode {
-    let config = match load(&path) {
+    // A gateway's errors are log lines (timestamp, level), as everything it says.
+    let config = match weir::config::load(&path) {
         Ok(c) => c,
-        Err(code) => return code,
+        Err(errors) => {
+            for e in &errors.0 {
+                error!("{e}");
+            }
+            return ExitCode::from(1);
+        }
     };
     let drain = config.server.drain_timeout;
     // Registered before the workers start, so an early signal is never fatal: every
