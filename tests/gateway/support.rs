@@ -299,6 +299,8 @@ impl Drop for Weir {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            // Killed, it could not remove its control socket: do it for it.
+            let _ = std::fs::remove_file(weir::control::socket_path(&self.config.path));
         }
     }
 }
