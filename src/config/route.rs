@@ -20,6 +20,7 @@ use super::listener::Listener;
 use super::server::HttpLimits;
 use super::upstream::Upstream;
 use super::values::{body_limit, is_host_byte, is_tchar, Size};
+pub use crate::http::Mock;
 
 // ---------------------------------------------------------------------------------------
 // The resolved settings used by the rest of Weir.
@@ -88,13 +89,6 @@ pub enum HostRewrite {
     Preserve,
     /// A fixed value.
     Fixed(String),
-}
-
-#[derive(Debug, Clone)]
-pub struct Mock {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
 }
 
 // ---------------------------------------------------------------------------------------
