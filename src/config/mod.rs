@@ -256,8 +256,9 @@ fn resolve(raw: ConfigFile, ck: &mut Checker) -> Option<Config> {
     }
 
     // Build each listener's routing table now, so conflicts are reported by `weir check`.
+    let specs: Vec<_> = routes.iter().map(Route::spec).collect();
     for (i, _) in listeners.iter().enumerate() {
-        if let Err(errs) = crate::router::Router::build(&routes, i) {
+        if let Err(errs) = crate::router::Router::build(&specs, i) {
             for e in errs {
                 let line = routes[e.route].line;
                 ck.errors.push(ConfigError {
