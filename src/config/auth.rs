@@ -2,8 +2,8 @@
 //! a keys file), the usage plans that give keys access to routes with their own throttles
 //! and quotas, and API Gateway's rule that a key is in at most one plan for any route.
 //!
-//! Owns: [`ApiKey`], [`UsagePlan`], [`Quota`], their file form and their checks. Only a
-//! key's SHA-256 is kept.
+//! Owns: [`ApiKey`], [`UsagePlan`], their file form and that of [`Quota`] (owned by
+//! `quota`, re-exported here), and their checks. Only a key's SHA-256 is kept.
 //!
 //! Must not: do any I/O after load (the keys file is read once, here), or be consulted on
 //! the request path in its file form.
@@ -19,6 +19,7 @@ use super::limits::{resolve_throttle, Throttle, ThrottleFile};
 use super::listener::Listener;
 use super::route::Route;
 use super::values::is_tchar;
+pub use crate::quota::Quota;
 
 // ---------------------------------------------------------------------------------------
 // The resolved settings used by the rest of Weir.
@@ -46,12 +47,6 @@ pub struct UsagePlan {
     pub route_throttles: Vec<(usize, Throttle)>,
     /// Requests each key may make per period.
     pub quota: Option<Quota>,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct Quota {
-    pub limit: u64,
-    pub period: crate::quota::Period,
 }
 
 // ---------------------------------------------------------------------------------------
