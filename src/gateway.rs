@@ -170,7 +170,13 @@ impl Gateway {
             })
             .collect();
         let mut quotas = Vec::new();
-        let keys = KeyTable::build(&config, &route_keys, &mut buckets, &mut quotas, state);
+        let keys = KeyTable::build(
+            config.key_spec(),
+            &route_keys,
+            &mut buckets,
+            &mut quotas,
+            state,
+        );
         let caching = config.routes.iter().any(|r| r.cache.is_some());
         Ok(Gateway {
             generation,

@@ -87,6 +87,18 @@ pub struct Config {
     pub routes: Vec<Route>,
 }
 
+impl Config {
+    /// What the API key table needs of this configuration.
+    pub fn key_spec(&self) -> crate::auth::KeySpec<'_> {
+        crate::auth::KeySpec {
+            header: &self.api_key_header,
+            api_keys: &self.api_keys,
+            usage_plans: &self.usage_plans,
+            routes: self.routes.len(),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The file format. Every table rejects unknown keys.
 // ---------------------------------------------------------------------------------------
