@@ -94,7 +94,8 @@ fn route(c: &mut Criterion) {
     }
     let cfg = base_config(&routes);
     assert_eq!(cfg.routes.len(), 1000);
-    let router = Router::build(&cfg.routes, 0).unwrap();
+    let specs: Vec<_> = cfg.routes.iter().map(weir::config::Route::spec).collect();
+    let router = Router::build(&specs, 0).unwrap();
     let mut g = c.benchmark_group("route_1000");
     g.bench_function("param_path_named_host", |b| {
         b.iter(|| {

@@ -2,7 +2,8 @@
 //! authorizers will join here).
 //!
 //! Owns: the table from a key's SHA-256 to the key, and from a key and a route to the
-//! plan's buckets. Must not: keep or log key values (only digests are stored; the key's
+//! plan's buckets, and the runtime specs [`ApiKey`] and [`UsagePlan`] (re-exported by
+//! `config`). Must not: keep or log key values (only digests are stored; the key's
 //! `id` is what logs and reports may show), or do any I/O on the request path.
 
 use std::sync::Arc;
@@ -10,13 +11,47 @@ use std::sync::Arc;
 use ahash::AHashMap;
 use sha2::{Digest, Sha256};
 
-use crate::config::Config;
 use crate::http::{trim, HeaderField};
-use crate::limit::SharedBucket;
-use crate::quota::QuotaCounter;
+use crate::limit::{SharedBucket, Throttle};
+use crate::quota::{Quota, QuotaCounter};
 
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
+}
+
+/// An API key. Only its SHA-256 is kept; `id` is what logs and usage reports show.
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    pub id: String,
+    pub sha256: [u8; 32],
+    pub enabled: bool,
+}
+
+/// A usage plan: which keys, on which routes, at what rate.
+#[derive(Debug, Clone)]
+pub struct UsagePlan {
+    pub name: String,
+    /// Indices into `Config::api_keys`.
+    pub keys: Vec<usize>,
+    /// `covers[route]`: the plan applies to that route.
+    pub covers: Vec<bool>,
+    /// Each key's own bucket in this plan (API Gateway's per-client throttle).
+    pub throttle: Option<Throttle>,
+    /// Per-route buckets for each key, by route index (the method-level override).
+    pub route_throttles: Vec<(usize, Throttle)>,
+    /// Requests each key may make per period.
+    pub quota: Option<Quota>,
+}
+
+/// What the key table is built from; config's `Config::key_spec` gives it.
+#[derive(Debug, Clone, Copy)]
+pub struct KeySpec<'a> {
+    /// Lower-case name of the header that carries API keys.
+    pub header: &'a str,
+    pub api_keys: &'a [ApiKey],
+    pub usage_plans: &'a [UsagePlan],
+    /// How many routes there are.
+    pub routes: usize,
 }
 
 /// What a key may do on the routes of one usage plan.
@@ -62,7 +97,7 @@ impl KeyTable {
     /// counters to `quotas`, taken from `state` so that a reload keeps them. `route_keys`
     /// names each route for state that outlives a reload.
     pub fn build(
-        config: &Config,
+        config: KeySpec<'_>,
         route_keys: &[u64],
         buckets: &mut Vec<Arc<SharedBucket>>,
         quotas: &mut Vec<Arc<QuotaCounter>>,
@@ -79,7 +114,7 @@ impl KeyTable {
         for (p, plan) in config.usage_plans.iter().enumerate() {
             for &k in &plan.keys {
                 let id = &config.api_keys[k].id;
-                let mut add = |scope: String, t: &crate::config::Throttle| {
+                let mut add = |scope: String, t: &Throttle| {
                     buckets.push(state.bucket(&scope, &t.name, t.rate, t.burst));
                     buckets.len() - 1
                 };
@@ -110,11 +145,11 @@ impl KeyTable {
             .iter()
             .map(|p| p.covers.clone())
             .collect();
-        let planned_routes = (0..config.routes.len())
+        let planned_routes = (0..config.routes)
             .map(|r| covers.iter().any(|c| c[r]))
             .collect();
         KeyTable {
-            header: config.api_key_header.as_bytes().to_vec(),
+            header: config.header.as_bytes().to_vec(),
             by_digest: config
                 .api_keys
                 .iter()
@@ -217,7 +252,7 @@ api_key_required = true
         let registry = crate::registry::Registry::new().unwrap();
         let keys = vec![0; config.routes.len()];
         let table = KeyTable::build(
-            &config,
+            config.key_spec(),
             &keys,
             &mut buckets,
             &mut Vec::new(),

@@ -89,9 +89,10 @@ impl Gateway {
         cache_bus: Arc<crate::cache::Bus>,
         state: &mut crate::registry::Next,
     ) -> Result<Gateway, String> {
+        let specs: Vec<_> = config.routes.iter().map(Route::spec).collect();
         let routers = (0..config.listeners.len())
             .map(|i| {
-                Router::build(&config.routes, i).map_err(|errs| {
+                Router::build(&specs, i).map_err(|errs| {
                     errs.iter()
                         .map(|e| format!("line {}: {}", config.routes[e.route].line, e.message))
                         .collect::<Vec<_>>()
@@ -169,7 +170,13 @@ impl Gateway {
             })
             .collect();
         let mut quotas = Vec::new();
-        let keys = KeyTable::build(&config, &route_keys, &mut buckets, &mut quotas, state);
+        let keys = KeyTable::build(
+            config.key_spec(),
+            &route_keys,
+            &mut buckets,
+            &mut quotas,
+            state,
+        );
         let caching = config.routes.iter().any(|r| r.cache.is_some());
         Ok(Gateway {
             generation,

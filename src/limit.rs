@@ -3,7 +3,8 @@
 //!
 //! Owns: each configured bucket's shared state ([`SharedBucket`], one atomic word), each
 //! worker's local allowance of tokens leased from it ([`Leases`]), and the decision for a
-//! request across all levels that apply to it ([`Leases::admit`]).
+//! request across all levels that apply to it ([`Leases::admit`]). Also owns the runtime
+//! spec [`Throttle`] (re-exported by `config`).
 //!
 //! Must not: block, allocate per request, or let the configured limit multiply by the
 //! number of workers.
@@ -30,6 +31,15 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
+
+/// A token bucket: `rate` requests per second refill it, `burst` is its size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Throttle {
+    /// Name in the `RateLimit` / `RateLimit-Policy` fields.
+    pub name: String,
+    pub rate: f64,
+    pub burst: u32,
+}
 
 const NANOS: f64 = 1e9;
 

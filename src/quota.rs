@@ -3,7 +3,8 @@
 //!
 //! Owns: one counter per (plan, key) ([`QuotaCounter`], one atomic word holding the period
 //! and the count), the UTC period arithmetic, and the persister thread ([`Persister`])
-//! that writes changed counts at least once a second and on shutdown.
+//! that writes changed counts at least once a second and on shutdown. Also owns the runtime
+//! spec [`Quota`] (re-exported by `config`).
 //!
 //! Must not: touch the database on a worker loop. Workers only do atomic operations; all
 //! file I/O happens on the persister's own thread. A crash (`kill -9`) loses at most the
@@ -24,6 +25,12 @@ use crate::calendar::{civil_from_days, days_from_civil};
 
 /// (plan name, key id) → (period index, count).
 const USAGE: TableDefinition<(&str, &str), (u32, u64)> = TableDefinition::new("usage");
+
+#[derive(Debug, Clone, Copy)]
+pub struct Quota {
+    pub limit: u64,
+    pub period: Period,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Period {

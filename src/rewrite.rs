@@ -7,9 +7,29 @@
 //! Unchanged header lines are copied as contiguous runs of the bytes that were read, never
 //! re-serialised; only the headers Weir adds are written field by field. Must not
 //! allocate: everything is appended to the caller's reused buffer.
+//!
+//! Also owns the runtime specs [`HttpIntegration`] and [`HostRewrite`] (re-exported by `config`).
 
-use crate::config::{HostRewrite, HttpIntegration};
 use crate::http::{list_contains, BodyFraming, HeaderField, HeaderKind, RequestHead, ResponseHead};
+
+#[derive(Debug, Clone)]
+pub struct HttpIntegration {
+    pub upstream: usize,
+    pub strip_prefix: Option<String>,
+    pub add_prefix: Option<String>,
+    pub host: HostRewrite,
+}
+
+/// What `Host` the upstream sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostRewrite {
+    /// The chosen target's `host:port` as written in the config (nginx's `$proxy_host`).
+    Target,
+    /// The client's own `Host` (Kong's `preserve_host`).
+    Preserve,
+    /// A fixed value.
+    Fixed(String),
+}
 
 /// Everything that decides the forwarded request head.
 pub struct ForwardRequest<'a> {

@@ -5,12 +5,36 @@
 //! among paths is matchit's: static segments over `{param}` over `{*catch_all}`. A
 //! catch-all also matches its bare prefix (`/{*rest}` matches `/`) unless a route owns it.
 //!
+//! Also owns the runtime spec [`HostPattern`] and the router's input [`RouteSpec`].
+//!
 //! Must not: allocate on lookup, or fall back from a matched host to the default host (a
 //! host that is configured owns all its paths, as an nginx `server` block does).
 
 use ahash::AHashMap;
 
-use crate::config::{HostPattern, Route};
+/// The virtual host a route belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// No `host` key: the listener's default virtual host.
+    Default,
+    /// Lower-cased exact name.
+    Exact(String),
+    /// `*.example.com`, stored as the suffix `.example.com`.
+    Wildcard(String),
+}
+
+/// What the router needs of one route; config's `Route::spec` builds it.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteSpec<'a> {
+    /// Line of the `[[route]]` table, for messages.
+    pub line: usize,
+    /// Listener index, or `None` for every listener.
+    pub listener: Option<usize>,
+    pub host: &'a HostPattern,
+    pub path: &'a str,
+    /// Methods as written; `None` means any method.
+    pub methods: Option<&'a [String]>,
+}
 
 /// A route's position in `Config::routes`.
 pub type RouteId = u32;
@@ -67,14 +91,14 @@ impl PathEntry {
 
 impl Router {
     /// Builds the table for listener `listener` from the routes that apply to it.
-    pub fn build(routes: &[Route], listener: usize) -> Result<Router, Vec<RouteError>> {
+    pub fn build(routes: &[RouteSpec<'_>], listener: usize) -> Result<Router, Vec<RouteError>> {
         let mut router = Router::default();
         let mut errors = Vec::new();
         for (i, route) in routes.iter().enumerate() {
             if route.listener.is_some_and(|l| l != listener) {
                 continue;
             }
-            let vhost = match &route.host {
+            let vhost = match route.host {
                 HostPattern::Default => router.default.get_or_insert_with(VHost::default),
                 HostPattern::Exact(h) => router.exact.entry(h.as_bytes().into()).or_default(),
                 HostPattern::Wildcard(suffix) => {
@@ -179,12 +203,17 @@ fn normalise_host<'a>(host: &[u8], buf: &'a mut [u8; 256]) -> Option<&'a [u8]> {
 }
 
 impl VHost {
-    fn add(&mut self, id: usize, route: &Route, routes: &[Route]) -> Result<(), String> {
-        let entry = match self.paths.at(&route.path) {
+    fn add(
+        &mut self,
+        id: usize,
+        route: &RouteSpec<'_>,
+        routes: &[RouteSpec<'_>],
+    ) -> Result<(), String> {
+        let entry = match self.paths.at(route.path) {
             Ok(m) if self.entries[*m.value as usize].pattern == route.path => *m.value as usize,
             _ => {
                 let next = self.entries.len() as u32;
-                self.paths.insert(route.path.clone(), next).map_err(|e| {
+                self.paths.insert(route.path, next).map_err(|e| {
                     let other = match &e {
                         matchit::InsertError::Conflict { with } => self
                             .entries
@@ -198,7 +227,7 @@ impl VHost {
                     format!("path `{}` cannot be routed: {e}{other}", route.path)
                 })?;
                 self.entries.push(PathEntry {
-                    pattern: route.path.clone(),
+                    pattern: route.path.to_string(),
                     ..PathEntry::default()
                 });
                 next as usize
@@ -211,7 +240,7 @@ impl VHost {
                 routes[other as usize].line
             )
         };
-        match &route.methods {
+        match route.methods {
             None => {
                 if let Some(other) = entry.any {
                     return Err(dup(other));
@@ -262,7 +291,8 @@ mod tests {
     fn router(routes: &str) -> Router {
         let src = format!("[[listener]]\naddress = \"127.0.0.1:0\"\n{routes}");
         let c = config::parse(&src, "t").unwrap();
-        Router::build(&c.routes, 0).unwrap()
+        let specs: Vec<_> = c.routes.iter().map(config::Route::spec).collect();
+        Router::build(&specs, 0).unwrap()
     }
 
     const ROUTES: &str = r#"

@@ -2,12 +2,14 @@
 //!
 //! Owns: each worker's keep-alive pools and balancer state ([`Pools`], never shared), and
 //! the passive health of each target ([`TargetHealth`], shared by all workers through
-//! atomics so that every worker learns of a failing target at once).
+//! atomics so that every worker learns of a failing target at once). Also owns the runtime
+//! specs [`Upstream`], [`Target`] and [`Balance`] (re-exported by `config`).
 //!
 //! Must not: take a lock, or hand out a pooled connection that it has not checked is
 //! still open.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -18,9 +20,42 @@ use monoio::net::TcpStream;
 use monoio::BufResult;
 use rustls::pki_types::ServerName;
 use rustls::ClientConnection;
+use serde::Deserialize;
 
-use crate::config::{Balance, Upstream};
 use crate::tls::TlsStream;
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    pub targets: Vec<Target>,
+    pub balance: Balance,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub max_idle: usize,
+    pub idle_timeout: Duration,
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+    /// TLS toward the targets, if they speak HTTPS.
+    pub tls: Option<crate::tls::UpstreamTls>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The target as written (`host:port`); sent as `Host` unless the route says otherwise.
+    pub authority: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+/// Load-balancing policy of an upstream group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Smooth weighted round-robin (nginx's default).
+    RoundRobin,
+    /// Fewest requests in flight on this worker, weighted (Envoy's LEAST_REQUEST).
+    LeastOutstanding,
+}
 
 /// A connection to a target: plain TCP, or TLS over TCP.
 ///

@@ -6,6 +6,8 @@
 //! its S3-FIFO eviction ([`eviction`]), the table of fetches in flight that concurrent
 //! misses wait on ([`Fill`]), and the [`Bus`] that carries purges and invalidations to the
 //! other workers. The HTTP rules (what may be stored, for how long) are in [`policy`].
+//! Also owns the runtime specs [`RouteCache`], [`QueryKey`], [`Invalidate`] (re-exported by
+//! `config`).
 //!
 //! Must not: lock or allocate on a hit, or do I/O: `crate::proxy` fetches and writes, this
 //! module only decides and remembers. A shard is reached only from its own worker.
@@ -20,16 +22,60 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 
-use crate::config::{QueryKey, RouteCache};
 use crate::http::{trim, HeaderField, RequestHead};
 use eviction::S3Fifo;
 use policy::Freshness;
+
+/// A route's response cache (`cache = { ... }` on an upstream route).
+#[derive(Debug, Clone)]
+pub struct RouteCache {
+    /// Freshness when the origin gives none (or when `honor_origin` is off).
+    pub ttl: Duration,
+    /// Largest response (head and body) stored.
+    pub max_entry: u64,
+    /// Methods answered from the cache, upper-case. `HEAD` is answered from `GET` entries.
+    pub methods: Vec<String>,
+    pub query: QueryKey,
+    /// Lower-case request header names that are part of the key.
+    pub key_headers: Vec<String>,
+    /// Follow the origin's `Cache-Control` and `Expires`.
+    pub honor_origin: bool,
+    /// Store responses that carry `Set-Cookie`.
+    pub set_cookie: bool,
+    /// Who may force a refresh with `Cache-Control: max-age=0` (or `no-cache`).
+    pub invalidate: Invalidate,
+    /// Serve a stale entry this long past expiry when the upstream fails, even if the
+    /// origin did not say `stale-if-error`.
+    pub stale_if_error: Duration,
+    /// How long a request waits for another one already fetching the same key.
+    pub lock_timeout: Duration,
+}
+
+/// How the query string enters the cache key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryKey {
+    /// As sent.
+    All,
+    /// Not at all: `/a?x=1` and `/a?y=2` share an entry.
+    Ignore,
+    /// Parameters sorted, so `?b=2&a=1` and `?a=1&b=2` share an entry.
+    Sorted,
+}
+
+/// Who may refresh a cached entry with a request header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalidate {
+    Never,
+    Anyone,
+    /// Only requests with a valid API key (API Gateway's "require authorization").
+    ApiKey,
+}
 
 /// Variants (by key headers and `Vary`) kept per URI; more replace the oldest.
 const MAX_VARIANTS: usize = 16;

@@ -6,7 +6,7 @@
 //!
 //! Must not: touch the store or the clock (times come in as arguments), or allocate.
 
-use crate::config::RouteCache;
+use super::RouteCache;
 use crate::http::{list_contains, trim};
 
 /// What a response's `Cache-Control` says (all of its fields together).

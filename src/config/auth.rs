@@ -2,8 +2,8 @@
 //! a keys file), the usage plans that give keys access to routes with their own throttles
 //! and quotas, and API Gateway's rule that a key is in at most one plan for any route.
 //!
-//! Owns: [`ApiKey`], [`UsagePlan`], [`Quota`], their file form and their checks. Only a
-//! key's SHA-256 is kept.
+//! Owns: the file form of [`ApiKey`], [`UsagePlan`] (owned by `auth`) and [`Quota`] (owned
+//! by `quota`), all re-exported here, and their checks. Only a key's SHA-256 is kept.
 //!
 //! Must not: do any I/O after load (the keys file is read once, here), or be consulted on
 //! the request path in its file form.
@@ -15,44 +15,16 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::errors::{deserialize_all, Checker, ConfigError};
-use super::limits::{resolve_throttle, Throttle, ThrottleFile};
+use super::limits::{resolve_throttle, ThrottleFile};
 use super::listener::Listener;
 use super::route::Route;
 use super::values::is_tchar;
+pub use crate::auth::{ApiKey, UsagePlan};
+pub use crate::quota::Quota;
 
 // ---------------------------------------------------------------------------------------
 // The resolved settings used by the rest of Weir.
 // ---------------------------------------------------------------------------------------
-
-/// An API key. Only its SHA-256 is kept; `id` is what logs and usage reports show.
-#[derive(Debug, Clone)]
-pub struct ApiKey {
-    pub id: String,
-    pub sha256: [u8; 32],
-    pub enabled: bool,
-}
-
-/// A usage plan: which keys, on which routes, at what rate.
-#[derive(Debug, Clone)]
-pub struct UsagePlan {
-    pub name: String,
-    /// Indices into `Config::api_keys`.
-    pub keys: Vec<usize>,
-    /// `covers[route]`: the plan applies to that route.
-    pub covers: Vec<bool>,
-    /// Each key's own bucket in this plan (API Gateway's per-client throttle).
-    pub throttle: Option<Throttle>,
-    /// Per-route buckets for each key, by route index (the method-level override).
-    pub route_throttles: Vec<(usize, Throttle)>,
-    /// Requests each key may make per period.
-    pub quota: Option<Quota>,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct Quota {
-    pub limit: u64,
-    pub period: crate::quota::Period,
-}
 
 // ---------------------------------------------------------------------------------------
 // The file format. Every table rejects unknown keys.

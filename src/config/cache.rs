@@ -1,8 +1,8 @@
 //! `[cache]` and a route's `cache = { ... }`: how much memory the response cache may use,
 //! and what each route caches, for how long, under which key, and who may refresh it.
 //!
-//! Owns: [`RouteCache`], [`QueryKey`], [`Invalidate`], their file form (`CacheFile`,
-//! `RouteCacheFile`) and their checks.
+//! Owns: the file form (`CacheFile`, `RouteCacheFile`) of [`RouteCache`], [`QueryKey`] and
+//! [`Invalidate`] (owned by `cache`, re-exported here) and their checks.
 //!
 //! Must not: do any I/O, or be consulted on the request path in its file form.
 
@@ -13,55 +13,11 @@ use toml::Spanned;
 
 use super::errors::{span_of, Checker};
 use super::values::{is_tchar, Dur, Size};
+pub use crate::cache::{Invalidate, QueryKey, RouteCache};
 
 // ---------------------------------------------------------------------------------------
 // The resolved settings used by the rest of Weir.
 // ---------------------------------------------------------------------------------------
-
-/// A route's response cache (`cache = { ... }` on an upstream route).
-#[derive(Debug, Clone)]
-pub struct RouteCache {
-    /// Freshness when the origin gives none (or when `honor_origin` is off).
-    pub ttl: Duration,
-    /// Largest response (head and body) stored.
-    pub max_entry: u64,
-    /// Methods answered from the cache, upper-case. `HEAD` is answered from `GET` entries.
-    pub methods: Vec<String>,
-    pub query: QueryKey,
-    /// Lower-case request header names that are part of the key.
-    pub key_headers: Vec<String>,
-    /// Follow the origin's `Cache-Control` and `Expires`.
-    pub honor_origin: bool,
-    /// Store responses that carry `Set-Cookie`.
-    pub set_cookie: bool,
-    /// Who may force a refresh with `Cache-Control: max-age=0` (or `no-cache`).
-    pub invalidate: Invalidate,
-    /// Serve a stale entry this long past expiry when the upstream fails, even if the
-    /// origin did not say `stale-if-error`.
-    pub stale_if_error: Duration,
-    /// How long a request waits for another one already fetching the same key.
-    pub lock_timeout: Duration,
-}
-
-/// How the query string enters the cache key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QueryKey {
-    /// As sent.
-    All,
-    /// Not at all: `/a?x=1` and `/a?y=2` share an entry.
-    Ignore,
-    /// Parameters sorted, so `?b=2&a=1` and `?a=1&b=2` share an entry.
-    Sorted,
-}
-
-/// Who may refresh a cached entry with a request header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Invalidate {
-    Never,
-    Anyone,
-    /// Only requests with a valid API key (API Gateway's "require authorization").
-    ApiKey,
-}
 
 // ---------------------------------------------------------------------------------------
 // The file format. Every table rejects unknown keys.

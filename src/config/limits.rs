@@ -2,7 +2,8 @@
 //! (`[throttle]` for the whole gateway, a listener's, a route's, `throttle_per_ip`, and a
 //! usage plan's per-key and per-route buckets).
 //!
-//! Owns: [`Throttle`], its file form (`ThrottleFile`) and its checks.
+//! Owns: the file form (`ThrottleFile`) of [`Throttle`] (owned by `limit`, re-exported
+//! here) and its checks.
 //!
 //! Must not: do any I/O, or be consulted on the request path in its file form; the buckets
 //! themselves live in `limit`.
@@ -11,19 +12,11 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::errors::Checker;
+pub use crate::limit::Throttle;
 
 // ---------------------------------------------------------------------------------------
 // The resolved settings used by the rest of Weir.
 // ---------------------------------------------------------------------------------------
-
-/// A token bucket: `rate` requests per second refill it, `burst` is its size.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Throttle {
-    /// Name in the `RateLimit` / `RateLimit-Policy` fields.
-    pub name: String,
-    pub rate: f64,
-    pub burst: u32,
-}
 
 // ---------------------------------------------------------------------------------------
 // The file format. Every table rejects unknown keys.

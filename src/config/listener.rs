@@ -1,9 +1,9 @@
 //! `[[listener]]`: the addresses Weir accepts connections on, and TLS on them: certificates
 //! chosen by SNI, protocol versions, and client certificates (mutual TLS).
 //!
-//! Owns: [`Listener`], [`TlsSettings`], [`CertificateSettings`], [`ClientAuth`], their file
-//! form, resolving listener addresses, and loading each certificate once so that `weir check`
-//! finds a bad one.
+//! Owns: [`Listener`], its file form (with TLS), resolving listener addresses, and loading
+//! each certificate once so that `weir check` finds a bad one. Re-exports [`TlsSettings`],
+//! [`CertificateSettings`] and [`ClientAuth`] (owned by `tls`).
 //!
 //! Must not: do any I/O after load (certificates are loaded again at start by `tls`), or be
 //! consulted on the request path in its file form.
@@ -19,6 +19,7 @@ use super::errors::Checker;
 use super::limits::{resolve_throttle, Throttle, ThrottleFile};
 use super::upstream::resolve_addr;
 use super::values::{is_host_byte, Dur};
+pub use crate::tls::{CertificateSettings, ClientAuth, TlsSettings};
 
 // ---------------------------------------------------------------------------------------
 // The resolved settings used by the rest of Weir.
@@ -35,35 +36,6 @@ pub struct Listener {
     pub tls: Option<TlsSettings>,
     /// Answer every request with a redirect to HTTPS on this port.
     pub redirect_https: Option<u16>,
-}
-
-/// A TLS listener's certificates and protocol settings.
-#[derive(Debug, Clone)]
-pub struct TlsSettings {
-    pub certificates: Vec<CertificateSettings>,
-    /// Accept TLS 1.2 as well as 1.3.
-    pub tls12: bool,
-    /// Longest a handshake may take before the connection is closed.
-    pub handshake_timeout: Duration,
-    /// Client certificates (mutual TLS), if asked for.
-    pub client_auth: Option<ClientAuth>,
-}
-
-/// Mutual TLS toward clients.
-#[derive(Debug, Clone)]
-pub struct ClientAuth {
-    /// PEM bundle of the CAs client certificates must chain to.
-    pub ca: std::path::PathBuf,
-    /// Refuse clients without a valid certificate (else: let them in as anonymous).
-    pub required: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct CertificateSettings {
-    pub cert: std::path::PathBuf,
-    pub key: std::path::PathBuf,
-    /// Lower-case server names (`api.example.com`, `*.example.com`); empty: the default.
-    pub names: Vec<String>,
 }
 
 // ---------------------------------------------------------------------------------------

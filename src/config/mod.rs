@@ -87,6 +87,18 @@ pub struct Config {
     pub routes: Vec<Route>,
 }
 
+impl Config {
+    /// What the API key table needs of this configuration.
+    pub fn key_spec(&self) -> crate::auth::KeySpec<'_> {
+        crate::auth::KeySpec {
+            header: &self.api_key_header,
+            api_keys: &self.api_keys,
+            usage_plans: &self.usage_plans,
+            routes: self.routes.len(),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The file format. Every table rejects unknown keys.
 // ---------------------------------------------------------------------------------------
@@ -256,8 +268,9 @@ fn resolve(raw: ConfigFile, ck: &mut Checker) -> Option<Config> {
     }
 
     // Build each listener's routing table now, so conflicts are reported by `weir check`.
+    let specs: Vec<_> = routes.iter().map(Route::spec).collect();
     for (i, _) in listeners.iter().enumerate() {
-        if let Err(errs) = crate::router::Router::build(&routes, i) {
+        if let Err(errs) = crate::router::Router::build(&specs, i) {
             for e in errs {
                 let line = routes[e.route].line;
                 ck.errors.push(ConfigError {

@@ -2,8 +2,9 @@
 //! does with them (an upstream group, with its path and `Host` rewrites, or a mock), plus
 //! its per-route settings (body limit, throttles, API keys, cache).
 //!
-//! Owns: [`Route`], [`HostPattern`], [`Integration`], [`HttpIntegration`], [`HostRewrite`],
-//! [`Mock`], their file form, and the checks of paths, hosts and methods.
+//! Owns: [`Route`], [`Integration`], their file form, and the checks of paths, hosts and
+//! methods. Re-exports [`HostPattern`] (owned by `router`), [`HttpIntegration`] and
+//! [`HostRewrite`] (owned by `rewrite`), and [`Mock`] (owned by `http`).
 //!
 //! Must not: do any I/O, or be consulted on the request path in its file form. Route
 //! conflicts are found by the router itself (`Router::build`), called from `resolve`.
@@ -20,6 +21,10 @@ use super::listener::Listener;
 use super::server::HttpLimits;
 use super::upstream::Upstream;
 use super::values::{body_limit, is_host_byte, is_tchar, Size};
+pub use crate::http::Mock;
+pub use crate::rewrite::{HostRewrite, HttpIntegration};
+pub use crate::router::HostPattern;
+use crate::router::RouteSpec;
 
 // ---------------------------------------------------------------------------------------
 // The resolved settings used by the rest of Weir.
@@ -55,46 +60,23 @@ pub struct Route {
     pub cache: Option<RouteCache>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostPattern {
-    /// No `host` key: the listener's default virtual host.
-    Default,
-    /// Lower-cased exact name.
-    Exact(String),
-    /// `*.example.com`, stored as the suffix `.example.com`.
-    Wildcard(String),
+impl Route {
+    /// What the router needs of this route.
+    pub fn spec(&self) -> RouteSpec<'_> {
+        RouteSpec {
+            line: self.line,
+            listener: self.listener,
+            host: &self.host,
+            path: &self.path,
+            methods: self.methods.as_deref(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub enum Integration {
     Http(HttpIntegration),
     Mock(Mock),
-}
-
-#[derive(Debug, Clone)]
-pub struct HttpIntegration {
-    pub upstream: usize,
-    pub strip_prefix: Option<String>,
-    pub add_prefix: Option<String>,
-    pub host: HostRewrite,
-}
-
-/// What `Host` the upstream sees.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostRewrite {
-    /// The chosen target's `host:port` as written in the config (nginx's `$proxy_host`).
-    Target,
-    /// The client's own `Host` (Kong's `preserve_host`).
-    Preserve,
-    /// A fixed value.
-    Fixed(String),
-}
-
-#[derive(Debug, Clone)]
-pub struct Mock {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
 }
 
 // ---------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ use toml::Spanned;
 
 use super::errors::{span_of, Checker};
 use super::values::{body_limit, Dur, Size};
+pub use crate::http::HttpLimits;
 
 // ---------------------------------------------------------------------------------------
 // The resolved settings used by the rest of Weir.
@@ -59,19 +60,6 @@ pub enum RingMode {
     CoopTaskrun,
     /// No setup flags.
     Plain,
-}
-
-/// Client-side HTTP limits and timeouts.
-#[derive(Debug, Clone)]
-pub struct HttpLimits {
-    pub max_head: usize,
-    pub max_uri: usize,
-    pub max_headers: usize,
-    pub header_timeout: Duration,
-    pub body_timeout: Duration,
-    pub keepalive_timeout: Duration,
-    pub keepalive_requests: u32,
-    pub max_body: u64,
 }
 
 // ---------------------------------------------------------------------------------------

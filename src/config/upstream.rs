@@ -1,9 +1,10 @@
 //! `[upstream.NAME]`: groups of backend targets, how requests are balanced among them,
 //! their timeouts and failure handling, and TLS toward them.
 //!
-//! Owns: [`Upstream`], [`Target`], [`Balance`], [`UpstreamTls`], their file form (with the
-//! hand-written `TargetFile` deserializer), and resolving host names to socket addresses,
-//! here, once, so no worker ever blocks on DNS.
+//! Owns: the file form of [`Upstream`], [`Target`], [`Balance`] (owned by `upstream`, and
+//! re-exported here) and [`UpstreamTls`] (owned by `tls`), with the hand-written `TargetFile`
+//! deserializer, and resolving host names to socket addresses, here, once, so no worker ever
+//! blocks on DNS.
 //!
 //! Must not: do any I/O after load, or be consulted on the request path in its file form.
 
@@ -18,54 +19,12 @@ use toml::Spanned;
 
 use super::errors::{span_of, Checker};
 use super::values::Dur;
+pub use crate::tls::UpstreamTls;
+pub use crate::upstream::{Balance, Target, Upstream};
 
 // ---------------------------------------------------------------------------------------
 // The resolved settings used by the rest of Weir.
 // ---------------------------------------------------------------------------------------
-
-#[derive(Debug, Clone)]
-pub struct Upstream {
-    pub name: String,
-    pub targets: Vec<Target>,
-    pub balance: Balance,
-    pub connect_timeout: Duration,
-    pub response_timeout: Duration,
-    pub max_idle: usize,
-    pub idle_timeout: Duration,
-    pub max_fails: u32,
-    pub fail_timeout: Duration,
-    /// TLS toward the targets, if they speak HTTPS.
-    pub tls: Option<UpstreamTls>,
-}
-
-/// How Weir speaks TLS to an upstream group's targets.
-#[derive(Debug, Clone)]
-pub struct UpstreamTls {
-    /// CA bundle to verify the targets with; `None`: the bundled Mozilla roots.
-    pub ca: Option<std::path::PathBuf>,
-    /// SNI and the name to verify; `None`: each target's host as written.
-    pub server_name: Option<String>,
-    /// A client certificate and key to present to the targets.
-    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Target {
-    /// The target as written (`host:port`); sent as `Host` unless the route says otherwise.
-    pub authority: String,
-    pub addr: SocketAddr,
-    pub weight: u32,
-}
-
-/// Load-balancing policy of an upstream group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Balance {
-    /// Smooth weighted round-robin (nginx's default).
-    RoundRobin,
-    /// Fewest requests in flight on this worker, weighted (Envoy's LEAST_REQUEST).
-    LeastOutstanding,
-}
 
 // ---------------------------------------------------------------------------------------
 // The file format. Every table rejects unknown keys.

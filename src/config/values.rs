@@ -2,16 +2,17 @@
 //! byte classes that methods, header names and hosts are checked against.
 //!
 //! Owns: [`Dur`], [`Size`] and their parsers ([`parse_duration`], [`parse_size`]),
-//! `body_limit`, [`is_tchar`], [`is_host_byte`].
+//! `body_limit`; re-exports the byte classes [`is_tchar`], [`is_host_byte`] (owned by `http`).
 //!
-//! Must not: know any config section or do any I/O. The byte classes are also used on the
-//! request path (by the HTTP parser); they are plain functions of a byte.
+//! Must not: know any config section or do any I/O.
 
 use std::fmt;
 use std::time::Duration;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+
+pub use crate::http::{is_host_byte, is_tchar};
 
 /// A duration: `"30s"`, `"500ms"`, `"5m"`, `"1h"`, or a whole number of seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,16 +111,6 @@ pub(super) fn body_limit(size: Size) -> u64 {
     } else {
         size.0
     }
-}
-
-/// `tchar` from RFC 9110 §5.6.2: the bytes allowed in methods and header names.
-pub fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-/// Bytes allowed in a `Host` value (reg-name, IP literal, port).
-pub fn is_host_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b)
 }
 
 #[cfg(test)]

@@ -153,7 +153,7 @@ impl ChunkedDecoder {
                 },
                 State::TrailerStart => match b {
                     b'\r' => State::FinalLf,
-                    b if crate::config::is_tchar(b) => {
+                    b if super::is_tchar(b) => {
                         self.count_trailer()?;
                         State::TrailerName
                     }
@@ -163,7 +163,7 @@ impl ChunkedDecoder {
                     self.count_trailer()?;
                     match b {
                         b':' => State::TrailerValue,
-                        b if crate::config::is_tchar(b) => State::TrailerName,
+                        b if super::is_tchar(b) => State::TrailerName,
                         _ => return Err(ChunkError::BadTrailer),
                     }
                 }

@@ -3,6 +3,7 @@
 //!
 //! Owns: RFC 9112 framing decisions. Everything that could make two parties disagree about
 //! where a message ends (the request-smuggling family) is rejected here, never guessed.
+//! Also owns the runtime specs [`HttpLimits`] and [`Mock`] (re-exported by `config`).
 //!
 //! Must not: do I/O, allocate per request (parsed heads are offsets into the connection's
 //! read buffer, kept in vectors that are reused), or know about routes and upstreams.
@@ -18,6 +19,32 @@ mod fuzz_tests;
 pub use chunked::{ChunkError, ChunkedDecoder};
 pub use request::{parse_request, Reject, RequestHead};
 pub use response::{parse_response, ResponseHead, UpstreamHeadError};
+pub use write::Mock;
+
+use std::time::Duration;
+
+/// Client-side HTTP limits and timeouts.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    pub max_head: usize,
+    pub max_uri: usize,
+    pub max_headers: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub keepalive_requests: u32,
+    pub max_body: u64,
+}
+
+/// `tchar` from RFC 9110 §5.6.2: the bytes allowed in methods and header names.
+pub fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Bytes allowed in a `Host` value (reg-name, IP literal, port).
+pub fn is_host_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b)
+}
 
 /// A byte range in a buffer. Heads are stored as spans so they can outlive the borrow of
 /// the buffer they were parsed from (the buffer moves into I/O operations and back).

@@ -7,7 +7,7 @@
 use std::mem::MaybeUninit;
 
 use super::{classify, parse_content_length, trim, BodyFraming, HeaderField, HeaderKind, Span};
-use crate::config::{is_host_byte, HttpLimits};
+use super::{is_host_byte, HttpLimits};
 
 /// The most header fields a request may have, whatever the config says.
 pub const MAX_HEADERS: usize = 128;

@@ -82,6 +82,13 @@ pub fn error_response_saying(
     out.extend_from_slice(b"\"}");
 }
 
+#[derive(Debug, Clone)]
+pub struct Mock {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
 /// A mock integration's response, rendered once at start-up.
 #[derive(Debug, Clone)]
 pub struct MockResponse {
@@ -91,7 +98,7 @@ pub struct MockResponse {
 }
 
 impl MockResponse {
-    pub fn new(mock: &crate::config::Mock) -> MockResponse {
+    pub fn new(mock: &Mock) -> MockResponse {
         let mut head = Vec::new();
         head.extend_from_slice(b"HTTP/1.1 ");
         push_u64(&mut head, u64::from(mock.status));

@@ -14,10 +14,14 @@
 //! The stream itself ([`stream::TlsStream`]) runs the handshake and the records on the
 //! worker. Must not: take a lock on the handshake path, or accept a configuration it could
 //! not fully load.
+//!
+//! Also owns the runtime specs [`TlsSettings`], [`CertificateSettings`], [`ClientAuth`] and
+//! [`UpstreamTls`] (re-exported by `config`).
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub mod stream;
 pub use stream::{Accepted, TlsStream};
@@ -28,7 +32,45 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
-use crate::config::TlsSettings;
+/// A TLS listener's certificates and protocol settings.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub certificates: Vec<CertificateSettings>,
+    /// Accept TLS 1.2 as well as 1.3.
+    pub tls12: bool,
+    /// Longest a handshake may take before the connection is closed.
+    pub handshake_timeout: Duration,
+    /// Client certificates (mutual TLS), if asked for.
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// Mutual TLS toward clients.
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    /// PEM bundle of the CAs client certificates must chain to.
+    pub ca: std::path::PathBuf,
+    /// Refuse clients without a valid certificate (else: let them in as anonymous).
+    pub required: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct CertificateSettings {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// Lower-case server names (`api.example.com`, `*.example.com`); empty: the default.
+    pub names: Vec<String>,
+}
+
+/// How Weir speaks TLS to an upstream group's targets.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// CA bundle to verify the targets with; `None`: the bundled Mozilla roots.
+    pub ca: Option<std::path::PathBuf>,
+    /// SNI and the name to verify; `None`: each target's host as written.
+    pub server_name: Option<String>,
+    /// A client certificate and key to present to the targets.
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
 
 /// Reads a certificate chain and its private key from PEM files.
 pub fn load_chain_and_key(
@@ -129,9 +171,7 @@ mod name_tests {
 const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// The rustls client configuration for an upstream group's TLS.
-pub fn upstream_client_config(
-    tls: &crate::config::UpstreamTls,
-) -> Result<Arc<rustls::ClientConfig>, String> {
+pub fn upstream_client_config(tls: &UpstreamTls) -> Result<Arc<rustls::ClientConfig>, String> {
     let roots = match &tls.ca {
         Some(ca) => load_roots(ca)?,
         // The system's CA bundle (Debian, Ubuntu, Alpine); where there is none, the
