@@ -232,7 +232,8 @@ fn routes(path: PathBuf) -> ExitCode {
     let rows: Vec<[String; 6]> = config
         .routes
         .iter()
-        .map(|r| {
+        .enumerate()
+        .map(|(i, r)| {
             let listener = r
                 .listener
                 .map_or_else(|| "*".to_string(), |l| config.listeners[l].name.clone());
@@ -252,7 +253,7 @@ fn routes(path: PathBuf) -> ExitCode {
                 r.path.clone(),
                 methods,
                 integration,
-                stages(&config, r),
+                stages(&config, i),
             ]
         })
         .collect();
@@ -289,12 +290,8 @@ fn routes(path: PathBuf) -> ExitCode {
 }
 
 /// The stages a route's requests go through, in order, as `weir routes` shows them.
-fn stages(config: &Config, r: &weir::config::Route) -> String {
-    let route_index = config
-        .routes
-        .iter()
-        .position(|x| std::ptr::eq(x, r))
-        .unwrap_or(0);
+fn stages(config: &Config, route_index: usize) -> String {
+    let r = &config.routes[route_index];
     let mut out = Vec::new();
     if r.api_key_required {
         out.push("api_key".to_string());

@@ -50,11 +50,8 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(
     proto: &'static [u8],
     client_cert: Vec<u8>,
 ) {
-    let Some(index) = gen.gateway.listener_at(listener) else {
-        return;
-    };
+    // The listener's index in a generation is found per request (`Connection::run`).
     let mut conn = Connection::new(worker, gen, listener, stream, peer, proto);
-    conn.listener = index;
     conn.client_cert = client_cert;
     conn.run().await;
     conn.release();
