@@ -10,7 +10,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use weir::limit::{now_nanos, Leases, SharedBucket};
+use weir::limit::{Leases, SharedBucket};
+
+fn now_nanos() -> u64 {
+    weir::clock::now().nanos
+}
 
 /// The classic token bucket, shared through a mutex.
 struct LockedBucket {

@@ -1,5 +1,5 @@
 //! One config generation as every worker sees it: the checked config compiled into
-//! routing tables, pre-rendered mock responses, upstream groups, and the shared state
+//! routing tables, one pipeline per route (its stages and integration), upstream groups, and the shared state
 //! (buckets, health, quota counters) taken from [`crate::registry`] by identity.
 //!
 //! Built at start and at each reload, then shared read-only (`Arc`) by all workers; a
@@ -11,11 +11,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::auth::KeyTable;
-use crate::config::{Config, Integration, Route};
-use crate::http::write::MockResponse;
-use crate::limit::{PerIpBuckets, SharedBucket};
+use crate::config::{Config, Route};
+use crate::limit::SharedBucket;
 use crate::quota::QuotaCounter;
 use crate::router::Router;
+use crate::stages::throttle::Throttle;
+use crate::stages::Pipeline;
 use crate::upstream::SharedUpstream;
 
 #[derive(Debug)]
@@ -32,22 +33,17 @@ pub struct Gateway {
     pub route_keys: Vec<u64>,
     /// One routing table per listener, indexed like `config.listeners`.
     pub routers: Vec<Router>,
-    /// The rendered response of each mock route, indexed like `config.routes`.
-    pub mocks: Vec<Option<MockResponse>>,
+    /// Each route compiled into its stages and integration, indexed like `config.routes`.
+    pub pipelines: Vec<Pipeline>,
     pub upstreams: Vec<Arc<SharedUpstream>>,
     /// Every token bucket: global, per listener, per route, per key in a usage plan.
     pub buckets: Vec<Arc<SharedBucket>>,
     /// Each listener's TLS, if it terminates TLS.
     pub tls: Vec<Option<crate::tls::Tls>>,
-    /// Each route's per-client-IP buckets, if it has them.
-    pub per_ip: Vec<Option<Arc<PerIpBuckets>>>,
     /// API keys and what their usage plans allow.
     pub keys: KeyTable,
     /// One quota counter per key per plan with a quota, shared with the store's thread.
     pub quotas: Arc<[Arc<QuotaCounter>]>,
-    /// For each listener and route, the buckets a request passes, in order: route,
-    /// listener, global (API Gateway's method, stage, account order).
-    pub chains: Vec<Vec<Box<[usize]>>>,
     /// Carries cache purges and invalidations to every worker's shard (one for the
     /// process: shards outlive generations).
     pub cache_bus: Arc<crate::cache::Bus>,
@@ -105,14 +101,6 @@ impl Gateway {
             .iter()
             .map(|r| route_key(&config, r))
             .collect();
-        let mocks = config
-            .routes
-            .iter()
-            .map(|r| match &r.integration {
-                Integration::Mock(m) => Some(MockResponse::new(m)),
-                Integration::Http(_) => None,
-            })
-            .collect();
         let upstreams = config
             .upstreams
             .iter()
@@ -137,15 +125,6 @@ impl Gateway {
             .zip(&route_keys)
             .map(|(r, key)| add(format!("route {key:x}"), &r.throttle))
             .collect();
-        let chains = per_listener
-            .iter()
-            .map(|&listener| {
-                per_route
-                    .iter()
-                    .map(|&route| [route, listener, global].into_iter().flatten().collect())
-                    .collect()
-            })
-            .collect();
         let tls = config
             .listeners
             .iter()
@@ -159,16 +138,6 @@ impl Gateway {
                     .transpose()
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let per_ip = config
-            .routes
-            .iter()
-            .zip(&route_keys)
-            .map(|(r, &key)| {
-                r.throttle_per_ip
-                    .as_ref()
-                    .map(|(t, clients)| state.per_ip(key, &t.name, t.rate, t.burst, *clients))
-            })
-            .collect();
         let mut quotas = Vec::new();
         let keys = KeyTable::build(
             config.key_spec(),
@@ -178,6 +147,34 @@ impl Gateway {
             state,
         );
         let caching = config.routes.iter().any(|r| r.cache.is_some());
+        // Each route's throttle: its per-client buckets, and for each listener the
+        // buckets a request passes in order: route, listener, global (API Gateway's
+        // method, stage, account order).
+        let pipelines = config
+            .routes
+            .iter()
+            .zip(&route_keys)
+            .zip(&per_route)
+            .map(|((r, &key), &route_bucket)| {
+                let throttle = Throttle {
+                    per_ip: r
+                        .throttle_per_ip
+                        .as_ref()
+                        .map(|(t, clients)| state.per_ip(key, &t.name, t.rate, t.burst, *clients)),
+                    chains: per_listener
+                        .iter()
+                        .map(|&listener| {
+                            [route_bucket, listener, global]
+                                .into_iter()
+                                .flatten()
+                                .collect()
+                        })
+                        .collect(),
+                    headers: r.rate_limit_headers,
+                };
+                Pipeline::compile(r, throttle, caching)
+            })
+            .collect();
         Ok(Gateway {
             generation,
             cache_bus,
@@ -186,14 +183,12 @@ impl Gateway {
             bound,
             route_keys,
             routers,
-            mocks,
+            pipelines,
             upstreams,
             buckets,
             tls,
-            per_ip,
             keys,
             quotas: quotas.into(),
-            chains,
         })
     }
 }

@@ -17,6 +17,7 @@
 pub mod auth;
 pub mod cache;
 pub mod calendar;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod gateway;
@@ -24,6 +25,7 @@ pub mod http;
 pub mod limit;
 pub mod log;
 pub mod net;
+pub mod observe;
 pub mod proxy;
 pub mod quota;
 pub mod registry;

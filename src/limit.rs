@@ -29,8 +29,6 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
-use std::time::Instant;
 
 /// A token bucket: `rate` requests per second refill it, `burst` is its size.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,13 +40,6 @@ pub struct Throttle {
 }
 
 const NANOS: f64 = 1e9;
-
-/// Nanoseconds since the process's first call: the clock the buckets run on.
-pub fn now_nanos() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    // Start at one second so that `tat = 0` always means "full".
-    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1_000_000_000
-}
 
 /// One token bucket shared by all workers.
 #[derive(Debug)]

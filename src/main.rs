@@ -344,7 +344,7 @@ fn usage(path: PathBuf, only_key: Option<&str>) -> ExitCode {
     } else {
         Vec::new()
     };
-    let now = weir::quota::wall_clock();
+    let now = weir::quota::wall_clock(weir::clock::now());
     println!(
         "{:<16} {:<24} {:>12} {:>12}  {:<6} resets in",
         "plan", "key", "used", "limit", "period"

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -92,7 +92,7 @@ impl Period {
 /// Wall-clock Unix seconds for quota periods. `WEIR_CLOCK_SKEW_SECS` (read once, may be
 /// negative) shifts it, so tests and operators can check a period boundary without
 /// waiting for midnight.
-pub fn wall_clock() -> u64 {
+pub fn wall_clock(now: crate::clock::Now) -> u64 {
     static SKEW: OnceLock<i64> = OnceLock::new();
     let skew = *SKEW.get_or_init(|| {
         std::env::var("WEIR_CLOCK_SKEW_SECS")
@@ -100,10 +100,7 @@ pub fn wall_clock() -> u64 {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     });
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    now.saturating_add_signed(skew)
+    now.wall_secs().saturating_add_signed(skew)
 }
 
 const COUNT_BITS: u32 = 40;

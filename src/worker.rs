@@ -108,7 +108,7 @@ pub struct Worker {
     /// The listeners this worker accepts on, by bound address.
     accepting: RefCell<Vec<(SocketAddr, Rc<StopAccepting>)>>,
     /// This worker's share of the response cache.
-    pub cache: RefCell<crate::cache::Shard>,
+    pub cache: Rc<RefCell<crate::cache::Shard>>,
     read_buffers: RefCell<Vec<BytesMut>>,
     write_buffers: RefCell<Vec<Vec<u8>>>,
     date: RefCell<DateCache>,
@@ -134,7 +134,7 @@ impl Worker {
             published,
             current: RefCell::new(Rc::new(current)),
             accepting: RefCell::default(),
-            cache: RefCell::new(crate::cache::Shard::new(cache_share)),
+            cache: Rc::new(RefCell::new(crate::cache::Shard::new(cache_share))),
             read_buffers: RefCell::default(),
             write_buffers: RefCell::default(),
             date: RefCell::default(),
@@ -217,11 +217,11 @@ impl Worker {
         }
     }
 
-    /// The current `Date` header value.
-    pub fn date(&self) -> [u8; 29] {
+    /// The `Date` header value at `now` (a request's clock reading).
+    pub fn date(&self, now: crate::clock::Now) -> [u8; 29] {
         let mut d = self.date.borrow_mut();
         let mut out = [0u8; 29];
-        out.copy_from_slice(d.now());
+        out.copy_from_slice(d.at(now.wall_secs()));
         out
     }
 
@@ -260,6 +260,8 @@ impl Worker {
     /// and stops accepting on those it removed (their connections finish their current
     /// request, then close).
     fn follow_reloads(self: &Rc<Self>, blocking: bool) {
+        // The tick also keeps the clock's wall offset in step with the system clock.
+        crate::clock::resync();
         while let Some((addr, socket)) = self.published.inbox[self.id].pop() {
             self.start_accepting(addr, socket, blocking);
         }
@@ -436,7 +438,7 @@ async fn refuse_plain_http(worker: &Worker, mut tcp: monoio::net::TcpStream) {
 
     let mut id = [0u8; 32];
     worker.next_request_id(&mut id);
-    let date = worker.date();
+    let date = worker.date(crate::clock::now());
     let trailer = crate::http::write::Trailer {
         date: &date,
         request_id: &id,

@@ -22,7 +22,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ahash::AHashMap;
 use bytes::Bytes;
@@ -102,20 +102,6 @@ impl Status {
             Status::Revalidated => b"x-cache: REVALIDATED\r\n",
         }
     }
-}
-
-/// Milliseconds on a monotonic clock, for ages. Wall-clock time is used only to read
-/// `Date` and `Expires`.
-pub fn clock_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
-}
-
-/// Seconds since the Unix epoch.
-pub fn wall_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// The same hash on every worker, so an invalidation names the same URI everywhere.
@@ -280,7 +266,7 @@ pub struct Stored {
     pub body: Bytes,
     pub etag: Option<Bytes>,
     pub last_modified: Option<u64>,
-    /// When it was stored or last revalidated ([`clock_ms`]).
+    /// When it was stored or last revalidated ([`crate::clock::Now::ms`]).
     pub stored_ms: u64,
     pub freshness: Freshness,
 }

@@ -2,8 +2,6 @@
 //! `Date` header they carry. All of it is appended to a reused buffer; nothing is formatted
 //! through `fmt` on the request path.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use super::reason;
 
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -67,16 +65,26 @@ pub fn error_response_saying(
     headers: impl FnOnce(&mut Vec<u8>),
     t: &Trailer,
 ) {
-    let reason = reason(status);
+    error_head(out, status, message);
+    headers(out);
+    t.write(out);
+    error_body(out, message);
+}
+
+/// The start of an error response's head: status line, type and length of the body
+/// [`error_body`] writes for `message`.
+pub fn error_head(out: &mut Vec<u8>, status: u16, message: &str) {
     out.extend_from_slice(b"HTTP/1.1 ");
     push_u64(out, u64::from(status));
     out.push(b' ');
-    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(reason(status).as_bytes());
     out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
     push_u64(out, message.len() as u64 + 14);
     out.extend_from_slice(b"\r\n");
-    headers(out);
-    t.write(out);
+}
+
+/// An error response's body: `{"message":"<message>"}`.
+pub fn error_body(out: &mut Vec<u8>, message: &str) {
     out.extend_from_slice(b"{\"message\":\"");
     out.extend_from_slice(message.as_bytes());
     out.extend_from_slice(b"\"}");
@@ -92,6 +100,7 @@ pub struct Mock {
 /// A mock integration's response, rendered once at start-up.
 #[derive(Debug, Clone)]
 pub struct MockResponse {
+    status: u16,
     /// Status line and the configured headers, with content-length.
     head: Vec<u8>,
     body: bytes::Bytes,
@@ -115,17 +124,23 @@ impl MockResponse {
         push_u64(&mut head, mock.body.len() as u64);
         head.extend_from_slice(b"\r\n");
         MockResponse {
+            status: mock.status,
             head,
             body: bytes::Bytes::from(mock.body.clone().into_bytes()),
         }
     }
 
-    pub fn write(&self, out: &mut Vec<u8>, is_head: bool, t: &Trailer) {
-        out.extend_from_slice(&self.head);
-        t.write(out);
-        if !is_head {
-            out.extend_from_slice(&self.body);
-        }
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// The status line and fields, without the trailer every response ends its head with.
+    pub fn head(&self) -> &[u8] {
+        &self.head
+    }
+
+    pub fn body(&self) -> &[u8] {
+        &self.body
     }
 }
 
@@ -145,10 +160,8 @@ impl Default for DateCache {
 }
 
 impl DateCache {
-    pub fn now(&mut self) -> &[u8] {
-        let secs = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+    /// The value for Unix second `secs` (formatted again only when the second changes).
+    pub fn at(&mut self, secs: u64) -> &[u8] {
         if secs != self.second {
             self.second = secs;
             self.text = imf_fixdate(secs);

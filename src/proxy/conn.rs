@@ -1,0 +1,271 @@
+//! One client connection: its socket, its reused buffers, and the keep-alive loop that
+//! reads each request head, runs the exchange (`exchange.rs`) on the generation serving
+//! now, and ends every request in one place ([`Connection::finish`]) with its record.
+//!
+//! Must not: allocate per request (buffers come from the worker and go back to it while
+//! the connection idles), or keep a request's state into the next one (the exchange is
+//! reset when a head is complete).
+
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use bytes::BytesMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use monoio::time::{timeout_at, Instant};
+
+use super::exchange::Exchange;
+use crate::http::{parse_request, Reject, RequestHead, ResponseHead};
+use crate::net::read_more;
+use crate::observe::Refusal;
+use crate::worker::{Generation, Worker};
+
+/// How a request ended, for the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Outcome {
+    /// The response is complete and the connection may carry another request.
+    KeepAlive,
+    /// The connection closes (Weir said so, the client or the upstream broke off, or the
+    /// connection's listener is gone).
+    Close,
+}
+
+impl Outcome {
+    pub(super) fn keep(keep: bool) -> Outcome {
+        if keep {
+            Outcome::KeepAlive
+        } else {
+            Outcome::Close
+        }
+    }
+}
+
+pub(super) enum HeadRead {
+    Ready,
+    Closed,
+    Rejected(Reject),
+    TimedOut,
+}
+
+pub(super) struct Connection<S> {
+    pub(super) worker: Rc<Worker>,
+    /// The config generation the current (or last) request runs on.
+    pub(super) gen: Rc<Generation>,
+    /// The listener's bound address: how it is found again in a newer generation.
+    pub(super) listener_addr: SocketAddr,
+    /// The listener's index in `gen`.
+    pub(super) listener: usize,
+    /// `http` or `https`.
+    pub(super) proto: &'static [u8],
+    pub(super) stream: S,
+    pub(super) peer_ip: std::net::IpAddr,
+    pub(super) client_ip: [u8; 46],
+    pub(super) client_ip_len: usize,
+    /// Client bytes: the current head, then body or pipelined requests.
+    pub(super) buf: BytesMut,
+    /// What Weir writes next (to the client or the upstream).
+    pub(super) out: Vec<u8>,
+    /// Upstream response bytes.
+    pub(super) ubuf: BytesMut,
+    pub(super) head: RequestHead,
+    pub(super) response: ResponseHead,
+    pub(super) served: u32,
+    /// `x-client-cert-*` lines from the TLS handshake, forwarded with every request.
+    pub(super) client_cert: Vec<u8>,
+    /// The request in progress.
+    pub(super) ex: Exchange,
+}
+
+impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
+    pub(super) fn new(
+        worker: Rc<Worker>,
+        gen: Rc<Generation>,
+        listener_addr: SocketAddr,
+        stream: S,
+        peer: SocketAddr,
+        proto: &'static [u8],
+    ) -> Self {
+        let mut client_ip = [0u8; 46];
+        let client_ip_len = {
+            use std::io::Write;
+            let mut cursor = io::Cursor::new(&mut client_ip[..]);
+            let _ = write!(cursor, "{}", peer.ip());
+            cursor.position() as usize
+        };
+        let buf = worker.head_buffer();
+        Connection {
+            worker,
+            gen,
+            listener_addr,
+            listener: 0,
+            proto,
+            stream,
+            peer_ip: peer.ip(),
+            client_ip,
+            client_ip_len,
+            buf,
+            out: Vec::new(),
+            ubuf: BytesMut::new(),
+            head: RequestHead::default(),
+            response: ResponseHead::default(),
+            served: 0,
+            client_cert: Vec::new(),
+            ex: Exchange::default(),
+        }
+    }
+
+    /// Gives the buffers back to the worker for the next connection.
+    pub(super) fn release(mut self) {
+        self.release_idle_buffers();
+    }
+
+    /// Between requests a connection keeps only its read buffer: the write and upstream
+    /// buffers go back to the worker. The read buffer stays as large as this client's heads
+    /// need (1 KiB for most, more for heads with big cookies), so the next request reads
+    /// into it without allocating; only one that grew past the pooled size (a body went
+    /// through it) is swapped back for a small one. An idle connection then costs about
+    /// [`crate::worker::HEAD_BUFFER`] plus its task.
+    fn release_idle_buffers(&mut self) {
+        if self.out.capacity() > 0 {
+            self.worker.give_write_buffer(std::mem::take(&mut self.out));
+        }
+        if self.ubuf.capacity() > 0 {
+            self.worker.give_read_buffer(std::mem::take(&mut self.ubuf));
+        }
+        // `capacity()` counts from the read position only; `try_reclaim` asks (without
+        // allocating) whether the allocation underneath is larger than the pooled size.
+        if self.buf.is_empty() && self.buf.try_reclaim(crate::worker::READ_BUFFER + 1) {
+            let big = std::mem::replace(&mut self.buf, self.worker.head_buffer());
+            self.worker.give_read_buffer(big);
+        }
+    }
+
+    /// Takes a write buffer from the worker if the connection gave its own back.
+    pub(super) fn ensure_write_buffer(&mut self) {
+        if self.out.capacity() == 0 {
+            self.out = self.worker.take_write_buffer();
+        }
+    }
+
+    /// The keep-alive loop: one iteration per request.
+    pub(super) async fn run(&mut self) {
+        loop {
+            let outcome = match self.read_head().await {
+                HeadRead::Ready => {
+                    // The request runs on the generation serving now; a connection whose
+                    // listener a reload removed closes instead (its client retries on a
+                    // new connection).
+                    let gen = self.worker.generation();
+                    match gen.gateway.listener_at(self.listener_addr) {
+                        Some(index) => self.listener = index,
+                        None => return,
+                    }
+                    self.gen = gen;
+                    self.served += 1;
+                    let in_flight = self.worker.request_started();
+                    self.ex.begin(
+                        &self.worker,
+                        &self.gen,
+                        self.listener,
+                        &self.buf,
+                        &self.head,
+                    );
+                    let outcome = self.exchange().await;
+                    drop(in_flight);
+                    outcome
+                }
+                HeadRead::Closed => return,
+                HeadRead::Rejected(reject) => {
+                    self.ex
+                        .begin_refused(&self.worker, &self.gen, self.listener);
+                    let refusal = match reject.status {
+                        400 => Refusal::BadRequest(reject.why),
+                        _ => Refusal::HeadTooLarge,
+                    };
+                    self.write_error(reject.status, refusal, None, true).await;
+                    Outcome::Close
+                }
+                HeadRead::TimedOut => {
+                    self.ex
+                        .begin_refused(&self.worker, &self.gen, self.listener);
+                    self.write_error(408, Refusal::Timeout, None, true).await;
+                    Outcome::Close
+                }
+            };
+            self.finish();
+            match outcome {
+                Outcome::KeepAlive => {
+                    if self.buf.is_empty() {
+                        self.release_idle_buffers();
+                    }
+                }
+                Outcome::Close => return,
+            }
+        }
+    }
+
+    /// The one end of every request: the record is complete and handed on.
+    fn finish(&mut self) {
+        let record = &mut self.ex.record;
+        record.end = crate::clock::now();
+        record.cache = self.ex.taken.cache.status;
+        record.api_key = self.ex.taken.api_key.map(|k| k as u32);
+        if record.status == 0 && record.refusal.is_none() {
+            record.refusal = Some(Refusal::ClientGone);
+        }
+        crate::observe::emit(self.worker.id, record);
+        // What the request held in the cache (a fill it owned) is let go now.
+        self.ex.taken.cache.reset();
+    }
+
+    /// Reads until `buf` starts with a complete request head.
+    async fn read_head(&mut self) -> HeadRead {
+        let limits = &self.gen.gateway.config.http;
+        let (header_timeout, idle_timeout) = (limits.header_timeout, limits.keepalive_timeout);
+        // The first request gets the header timeout from the start (nginx
+        // client_header_timeout); later ones may idle for the keep-alive timeout first.
+        let mut deadline = (self.served == 0).then(|| Instant::now() + header_timeout);
+        loop {
+            if !self.buf.is_empty() {
+                let limits = &self.gen.gateway.config.http;
+                match parse_request(&self.buf, limits, &mut self.head) {
+                    Ok(true) => return HeadRead::Ready,
+                    Ok(false) => {}
+                    Err(reject) => return HeadRead::Rejected(reject),
+                }
+                deadline.get_or_insert_with(|| Instant::now() + header_timeout);
+            }
+            let wait_until = deadline.unwrap_or_else(|| Instant::now() + idle_timeout);
+            // Read into what is free; when the buffer is full, double it (up to max_head).
+            let max_head = self.gen.gateway.config.http.max_head;
+            let want = match self.buf.len() {
+                0 => crate::worker::HEAD_BUFFER,
+                n => n.min(max_head.saturating_sub(n)).max(1),
+            };
+            let buf = std::mem::take(&mut self.buf);
+            match timeout_at(wait_until, read_more(&mut self.stream, buf, want)).await {
+                // The read owned the buffer and is gone with it; the connection closes.
+                // A head that was due gets a 408; an idle keep-alive connection just closes.
+                Err(_) if deadline.is_some() => return HeadRead::TimedOut,
+                Err(_) => return HeadRead::Closed,
+                Ok((Ok(0), buf)) => {
+                    self.buf = buf;
+                    return HeadRead::Closed;
+                }
+                Ok((Ok(_), buf)) => self.buf = buf,
+                Ok((Err(_), buf)) => {
+                    self.buf = buf;
+                    return HeadRead::Closed;
+                }
+            }
+        }
+    }
+
+    /// Whether the connection may carry another request after this one.
+    pub(super) fn keeps_alive(&self) -> bool {
+        let limits = &self.gen.gateway.config.http;
+        self.ex.facts.keep_alive
+            && self.served < limits.keepalive_requests
+            && !self.worker.is_draining()
+    }
+}
