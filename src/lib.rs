@@ -4,10 +4,12 @@
 //!
 //! - [`server`]: binds listeners, starts one pinned [`worker`] per core, handles signals;
 //! - [`worker`]: per-core state and accept loops; each connection goes to [`proxy`];
-//! - [`proxy`]: the request path: read a head ([`http`]), route it ([`router`]), run the
-//!   route's [`stages`] (authorize: [`auth`]; throttle: [`limit`], [`quota`]), answer from
-//!   the response [`cache`] or integrate (mock, or an [`upstream`] with [`rewrite`]n
-//!   headers), respond.
+//! - [`proxy`]: the request path: read a head ([`http`]), take the request's one
+//!   [`clock`] reading, route it ([`router`]), run the route's pipeline of [`stages`]
+//!   (API keys: [`auth`]; throttle: [`limit`], [`quota`]; the response [`cache`]), then its
+//!   integration (a mock, or an [`upstream`] with [`rewrite`]n headers); every response
+//!   goes through one responder, and every request ends in one place with its
+//!   [`observe::Record`].
 //!
 //! [`config`] reads and checks the file; [`gateway`] compiles it into one generation that
 //! workers share, with state from the [`registry`] that outlives generations. A reload

@@ -11,8 +11,8 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
@@ -22,6 +22,7 @@ use rustls::pki_types::ServerName;
 use rustls::ClientConnection;
 use serde::Deserialize;
 
+use crate::clock::Now;
 use crate::tls::TlsStream;
 
 #[derive(Debug, Clone)]
@@ -135,7 +136,7 @@ pub struct UpstreamTls {
 #[derive(Debug, Default)]
 pub struct TargetHealth {
     consecutive_failures: AtomicU32,
-    /// Milliseconds since [`epoch`] until which the target is left out; 0 when up.
+    /// Milliseconds on [`crate::clock`] until which the target is left out; 0 when up.
     down_until_ms: AtomicU64,
 }
 
@@ -165,7 +166,7 @@ impl TargetHealth {
     pub fn failure(&self, up: &Upstream) {
         let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if up.max_fails > 0 && n >= up.max_fails && up.targets.len() > 1 {
-            let until = now_ms() + up.fail_timeout.as_millis() as u64;
+            let until = crate::clock::now().ms() + up.fail_timeout.as_millis() as u64;
             self.down_until_ms.store(until, Ordering::Relaxed);
             self.consecutive_failures.store(0, Ordering::Relaxed);
         }
@@ -235,18 +236,10 @@ fn host_of(authority: &str) -> &str {
 /// Pooled connections idle at least this long are peeked at before reuse.
 pub const PEEK_AFTER_IDLE: Duration = Duration::from_millis(100);
 
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-fn now_ms() -> u64 {
-    epoch().elapsed().as_millis() as u64
-}
-
 struct IdleConnection {
     stream: UpstreamStream,
-    since: Instant,
+    /// When it went idle (the clock reading of the request that last used it).
+    since: Now,
 }
 
 /// One worker's state for one target.
@@ -348,8 +341,8 @@ impl GroupState {
     /// the targets came back (nginx, finding every server down, forgets their failures so
     /// that the next request tries them again). `None`: every target was tried, which
     /// bounds a request's retries by the number of targets.
-    pub fn pick(&mut self, tried: Tried) -> Option<usize> {
-        let now = now_ms();
+    pub fn pick(&mut self, tried: Tried, now: Now) -> Option<usize> {
+        let now = now.ms();
         self.pick_healthy(tried, now).or_else(|| {
             let health = &self.shared.health;
             (0..self.targets.len())
@@ -405,11 +398,11 @@ impl GroupState {
     /// peek first, so one the upstream closed while it sat idle is never used. Hot
     /// connections skip that syscall: no upstream closes a keep-alive connection within
     /// a fraction of a second of answering on it without saying so.
-    pub fn take_idle(&mut self, target: usize) -> Option<UpstreamStream> {
+    pub fn take_idle(&mut self, target: usize, now: Now) -> Option<UpstreamStream> {
         let timeout = self.shared.config.idle_timeout;
         let idle = &mut self.targets[target].idle;
         while let Some(conn) = idle.pop() {
-            let idle_for = conn.since.elapsed();
+            let idle_for = Duration::from_nanos(now.since(conn.since));
             if idle_for < timeout
                 && (idle_for < PEEK_AFTER_IDLE
                     || crate::net::idle_connection_alive(conn.stream.tcp()))
@@ -420,8 +413,10 @@ impl GroupState {
         None
     }
 
-    /// Returns a connection that finished a response cleanly.
-    pub fn put_idle(&mut self, target: usize, stream: UpstreamStream) {
+    /// Returns a connection that finished a response cleanly, for a request whose clock
+    /// reading is `now` (its idle time is counted from the start of that request: the
+    /// peek and the idle timeout come a little early, never late).
+    pub fn put_idle(&mut self, target: usize, stream: UpstreamStream, now: Now) {
         let max = self.shared.config.max_idle;
         let idle = &mut self.targets[target].idle;
         if idle.len() >= max {
@@ -431,10 +426,7 @@ impl GroupState {
             // Keep the hottest connections; the oldest is the one most likely to time out.
             idle.remove(0);
         }
-        idle.push(IdleConnection {
-            stream,
-            since: Instant::now(),
-        });
+        idle.push(IdleConnection { stream, since: now });
     }
 
     pub fn started(&mut self, target: usize) {
@@ -505,7 +497,9 @@ mod tests {
         let mut g = group(
             "[upstream.u]\ntargets = [{ address = \"127.0.0.1:1\", weight = 5 }, \"127.0.0.1:2\", \"127.0.0.1:3\"]\n",
         );
-        let picks: Vec<usize> = (0..7).map(|_| g.pick(Tried::default()).unwrap()).collect();
+        let picks: Vec<usize> = (0..7)
+            .map(|_| g.pick(Tried::default(), crate::clock::now()).unwrap())
+            .collect();
         // nginx's documented sequence for weights 5,1,1: a a b a c a a
         assert_eq!(picks, vec![0, 0, 1, 0, 2, 0, 0]);
     }
@@ -515,16 +509,16 @@ mod tests {
         let mut g =
             group("[upstream.u]\ntargets = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\nmax_fails = 1\n");
         let mut tried = Tried::default();
-        let first = g.pick(tried).unwrap();
+        let first = g.pick(tried, crate::clock::now()).unwrap();
         tried.add(first);
-        let second = g.pick(tried).unwrap();
+        let second = g.pick(tried, crate::clock::now()).unwrap();
         assert_ne!(first, second);
         tried.add(second);
-        assert_eq!(g.pick(tried), None);
+        assert_eq!(g.pick(tried, crate::clock::now()), None);
         let cfg = g.shared.config.clone();
         g.shared.health[0].failure(&cfg);
         for _ in 0..4 {
-            assert_eq!(g.pick(Tried::default()), Some(1));
+            assert_eq!(g.pick(Tried::default(), crate::clock::now()), Some(1));
         }
     }
 
@@ -537,8 +531,8 @@ mod tests {
         for _ in 0..3 {
             g.shared.health[0].failure(&cfg);
         }
-        assert!(g.shared.health[0].is_up(now_ms()));
-        assert_eq!(g.pick(Tried::default()), Some(0));
+        assert!(g.shared.health[0].is_up(crate::clock::now().ms()));
+        assert_eq!(g.pick(Tried::default(), crate::clock::now()), Some(0));
     }
 
     #[test]
@@ -549,7 +543,7 @@ mod tests {
                  max_fails = 1\nfail_timeout = \"60s\"\nbalance = \"{balance}\"\n"
             ));
             let cfg = g.shared.config.clone();
-            let now = now_ms();
+            let now = crate::clock::now().ms();
             for (i, later) in [(0, 3000), (1, 1000), (2, 2000)] {
                 g.shared.health[i].failure(&cfg);
                 g.shared.health[i]
@@ -558,7 +552,7 @@ mod tests {
             }
             let mut tried = Tried::default();
             let mut order = Vec::new();
-            while let Some(i) = g.pick(tried) {
+            while let Some(i) = g.pick(tried, crate::clock::now()) {
                 order.push(i);
                 tried.add(i);
             }
@@ -566,7 +560,11 @@ mod tests {
             // A success brings a target back at once: it is picked as a healthy one.
             g.shared.health[2].success();
             for _ in 0..3 {
-                assert_eq!(g.pick(Tried::default()), Some(2), "{balance}");
+                assert_eq!(
+                    g.pick(Tried::default(), crate::clock::now()),
+                    Some(2),
+                    "{balance}"
+                );
             }
         }
     }
@@ -578,10 +576,10 @@ mod tests {
         );
         g.started(0);
         g.started(0);
-        assert_eq!(g.pick(Tried::default()), Some(1));
+        assert_eq!(g.pick(Tried::default(), crate::clock::now()), Some(1));
         g.started(1);
         g.started(1);
         g.started(1);
-        assert_eq!(g.pick(Tried::default()), Some(0));
+        assert_eq!(g.pick(Tried::default(), crate::clock::now()), Some(0));
     }
 }

@@ -122,7 +122,10 @@ fn steady_state_proxying_allocates_nothing_per_request() {
     let config = weir::config::parse(
         &format!(
             "[server]\nworkers = 1\n[http]\nkeepalive_requests = 1000000\n[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream.origin]\ntargets = [\"{origin_addr}\"]\n[[route]]\npath = \"/items/{{*p}}\"\nupstream = \"origin\"\n\
-             [[route]]\npath = \"/cached/{{*p}}\"\nupstream = \"origin\"\nstrip_prefix = \"/cached\"\ncache = {{ }}\n"
+             [[route]]\npath = \"/cached/{{*p}}\"\nupstream = \"origin\"\nstrip_prefix = \"/cached\"\ncache = {{ }}\n\
+             [[api_key]]\nid = \"alloc\"\nvalue = \"alloc-test-key-0123456789\"\n\
+             [[route]]\npath = \"/keyed/{{*p}}\"\nupstream = \"origin\"\napi_key_required = true\nthrottle = {{ rate = 1000000, burst = 1000000, headers = true }}\n\
+             [[route]]\npath = \"/mocked\"\nmock = {{ body = \"{body}\" }}\n"
         ),
         "alloc-test",
     )
@@ -142,15 +145,27 @@ fn steady_state_proxying_allocates_nothing_per_request() {
     // And a cache hit, answered from the worker's shard. (The routes share no prefix:
     // matchit allocates a backtracking stack when a root catch-all overlaps a static one.)
     let cached = b"GET /cached/items/42 HTTP/1.1\r\nHost: api.example.com\r\nAccept: application/json\r\n\r\n";
-    let requests = [&request[..], browser.as_bytes(), &cached[..]];
+    // The API key and throttle stages (with RateLimit fields), and a mock integration.
+    let keyed = b"GET /keyed/items/42 HTTP/1.1\r\nHost: api.example.com\r\nx-api-key: alloc-test-key-0123456789\r\n\r\n";
+    let mocked = b"GET /mocked HTTP/1.1\r\nHost: api.example.com\r\n\r\n";
+    let requests = [
+        &request[..],
+        browser.as_bytes(),
+        &cached[..],
+        &keyed[..],
+        &mocked[..],
+    ];
     let mut buf = vec![0u8; 16 * 1024];
     for i in 0..2_000 {
-        assert_eq!(round_trip(&mut s, requests[i % 3], &mut buf), 1024);
+        assert_eq!(
+            round_trip(&mut s, requests[i % requests.len()], &mut buf),
+            1024
+        );
     }
     const MEASURED: u64 = 20_000;
     let before = ALLOCATIONS.load(Ordering::SeqCst);
     for i in 0..MEASURED as usize {
-        round_trip(&mut s, requests[i % 3], &mut buf);
+        round_trip(&mut s, requests[i % requests.len()], &mut buf);
     }
     let allocations = ALLOCATIONS.load(Ordering::SeqCst) - before;
 

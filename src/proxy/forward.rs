@@ -64,7 +64,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         let mut retries: u16 = 0;
 
         loop {
-            let picked = gen.pools.borrow_mut().groups[group].pick(tried);
+            let picked = gen.pools.borrow_mut().groups[group].pick(tried, self.ex.now);
             let Some(target) = picked else {
                 return self.fail(route_id, failure, true).await;
             };
@@ -80,7 +80,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             let pooled = if fresh_only {
                 None
             } else {
-                gen.pools.borrow_mut().groups[group].take_idle(target)
+                gen.pools.borrow_mut().groups[group].take_idle(target, self.ex.now)
             };
             let reused = pooled.is_some();
             let mut conn = match pooled {
@@ -168,7 +168,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 Ok((upstream_reusable, client_keep)) => {
                     health[target].success();
                     if upstream_reusable {
-                        gen.pools.borrow_mut().groups[group].put_idle(target, conn);
+                        gen.pools.borrow_mut().groups[group].put_idle(target, conn, self.ex.now);
                     }
                     return Outcome::keep(client_keep);
                 }

@@ -236,14 +236,4 @@ impl Pipeline {
         let rc = self.cache()?;
         cache::stand_in(&mut taken.cache, rc, buf, head, now)
     }
-
-    /// The names of the stages, for `weir routes`.
-    pub fn describe(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.stages.iter().map(|s| match s {
-            Stage::ApiKey => "api_key",
-            Stage::Throttle(_) => "throttle",
-            Stage::Cache(_) => "cache",
-            Stage::Invalidate => "invalidate",
-        })
-    }
 }

@@ -7,9 +7,10 @@
 //! tickets. Because the same `ServerConfig` (and so the same rotating ticket keys) serves
 //! every worker, a client resumes its session on whichever core SO_REUSEPORT picks.
 //!
-//! Certificates can be reloaded without a restart ([`Tls::reload`], on SIGHUP): the new
-//! files are read on the caller's thread and swapped in atomically only if all of them
-//! load; new handshakes use them, existing connections carry on.
+//! Certificates are replaced by a reload (SIGHUP or `weir reload`): the new generation
+//! builds its own [`Tls`] from the files, only if all of them load; new handshakes use
+//! it, existing connections carry on, and the session ticket keys (from the registry)
+//! stay the same so resumption works across the reload.
 //!
 //! The stream itself ([`stream::TlsStream`]) runs the handshake and the records on the
 //! worker. Must not: take a lock on the handshake path, or accept a configuration it could
