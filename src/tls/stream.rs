@@ -4,15 +4,21 @@
 //! Every byte read from the socket goes to rustls before the next read, so no ciphertext
 //! is ever stranded in a buffer of our own; the rustls session stays reachable (the peer's
 //! certificate for mutual TLS). The two ciphertext buffers are reused for the life of the
-//! connection. Must not: return plaintext rustls has not authenticated, or swallow a
-//! TLS alert: rustls's errors close the connection after its alert is sent.
+//! connection. A stream can be split into a read half and a write half
+//! ([`TlsStream::into_split`]) for a tunnel that relays both directions at once.
+//!
+//! Must not: return plaintext rustls has not authenticated, or swallow a TLS alert:
+//! rustls's errors close the connection after its alert is sent (on a split stream, with
+//! the write half's next write).
 
+use std::cell::RefCell;
 use std::io::{self, Read, Write};
 use std::ops::{Deref, DerefMut};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf};
 use monoio::net::TcpStream;
 use monoio::BufResult;
 use rustls::pki_types::ServerName;
@@ -258,5 +264,262 @@ where
         self.conn.send_close_notify();
         self.send_tls().await?;
         self.io.shutdown().await
+    }
+}
+
+impl<C, SD> TlsStream<C>
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
+    SD: SideData,
+{
+    /// Splits the stream into a read half and a write half that can be used at the same
+    /// time (by two tasks, or one task waiting on both): a tunnel relays each direction
+    /// on its own. The halves share the rustls session; each keeps its own ciphertext
+    /// buffer, and neither holds the session across an await.
+    ///
+    /// What rustls queues while reading (a TLS 1.3 key update's answer, an alert) goes
+    /// out with the write half's next write or flush.
+    pub fn into_split(self) -> (TlsReadHalf<C>, TlsWriteHalf<C>) {
+        use monoio::io::Splitable;
+        let conn = Rc::new(RefCell::new(self.conn));
+        let (read, write) = self.io.into_split();
+        (
+            TlsReadHalf {
+                io: read,
+                conn: conn.clone(),
+                incoming: self.incoming,
+            },
+            TlsWriteHalf {
+                io: write,
+                conn,
+                outgoing: self.outgoing,
+            },
+        )
+    }
+}
+
+/// The reading half of a split [`TlsStream`].
+pub struct TlsReadHalf<C> {
+    io: OwnedReadHalf<TcpStream>,
+    conn: Rc<RefCell<C>>,
+    incoming: Vec<u8>,
+}
+
+/// The writing half of a split [`TlsStream`].
+pub struct TlsWriteHalf<C> {
+    io: OwnedWriteHalf<TcpStream>,
+    conn: Rc<RefCell<C>>,
+    outgoing: Vec<u8>,
+}
+
+impl<C, SD> TlsReadHalf<C>
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
+    SD: SideData,
+{
+    /// Plaintext into `dst`, reading from the socket as needed. Ok(0): the stream ended.
+    async fn read_plain(&mut self, dst: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.conn.borrow_mut().reader().read(dst) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) => return Err(e),
+            }
+            let mut buf = std::mem::take(&mut self.incoming);
+            buf.clear();
+            buf.reserve(READ_SIZE);
+            let (res, buf) = self.io.read(buf).await;
+            self.incoming = buf;
+            let n = res?;
+            let mut conn = self.conn.borrow_mut();
+            if n == 0 {
+                let _ = conn.read_tls(&mut io::empty());
+                return Ok(0);
+            }
+            let mut pending = &self.incoming[..n];
+            while !pending.is_empty() {
+                conn.read_tls(&mut pending)?;
+                conn.process_new_packets()
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            }
+        }
+    }
+}
+
+impl<C, SD> TlsWriteHalf<C>
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
+    SD: SideData,
+{
+    /// Writes everything rustls has queued to the socket.
+    async fn send_tls(&mut self) -> io::Result<()> {
+        loop {
+            let mut out = std::mem::take(&mut self.outgoing);
+            out.clear();
+            {
+                let mut conn = self.conn.borrow_mut();
+                if !conn.wants_write() {
+                    self.outgoing = out;
+                    return Ok(());
+                }
+                conn.write_tls(&mut out)?;
+            }
+            let (res, out) = self.io.write_all(out).await;
+            self.outgoing = out;
+            res?;
+        }
+    }
+}
+
+impl<C, SD> AsyncReadRent for TlsReadHalf<C>
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
+    SD: SideData,
+{
+    async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        // SAFETY: the buffer's spare capacity, owned by us until we return it.
+        let dst = unsafe { std::slice::from_raw_parts_mut(buf.write_ptr(), buf.bytes_total()) };
+        let res = self.read_plain(dst).await;
+        if let Ok(n) = res {
+            unsafe { buf.set_init(n) };
+        }
+        (res, buf)
+    }
+
+    async fn readv<T: IoVecBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        let iovecs =
+            unsafe { std::slice::from_raw_parts(buf.write_iovec_ptr(), buf.write_iovec_len()) };
+        let Some(first) = iovecs.iter().find(|v| v.iov_len > 0) else {
+            return (Ok(0), buf);
+        };
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(first.iov_base.cast::<u8>(), first.iov_len) };
+        let res = self.read_plain(dst).await;
+        if let Ok(n) = res {
+            unsafe { buf.set_init(n) };
+        }
+        (res, buf)
+    }
+}
+
+impl<C, SD> AsyncWriteRent for TlsWriteHalf<C>
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
+    SD: SideData,
+{
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        // SAFETY: the buffer's initialised bytes, owned by us until we return it.
+        let src = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
+        let written = self.conn.borrow_mut().writer().write(src);
+        let res = match written {
+            Ok(n) => self.send_tls().await.map(|()| n),
+            Err(e) => Err(e),
+        };
+        (res, buf)
+    }
+
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        let iovecs =
+            unsafe { std::slice::from_raw_parts(buf.read_iovec_ptr(), buf.read_iovec_len()) };
+        let mut written = 0;
+        for v in iovecs {
+            let src = unsafe { std::slice::from_raw_parts(v.iov_base.cast::<u8>(), v.iov_len) };
+            match self.conn.borrow_mut().writer().write(src) {
+                Ok(n) => written += n,
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        let res = self.send_tls().await.map(|()| written);
+        (res, buf)
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        self.send_tls().await
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        self.conn.borrow_mut().send_close_notify();
+        self.send_tls().await?;
+        self.io.shutdown().await
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+
+    /// A self-signed certificate for `localhost`: the server's config and a client config
+    /// that trusts it.
+    fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = cert.der().clone();
+        let key_der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone()], key_der)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    #[test]
+    fn split_halves_carry_both_directions_at_once() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (server_config, client_config) = configs();
+            let listener = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = monoio::spawn(async move {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let Accepted::Tls(tls) = TlsStream::accept(tcp, server_config).await.unwrap()
+                else {
+                    panic!("a TLS client was taken for plain HTTP");
+                };
+                let (mut read, mut write) = tls.into_split();
+                // The read half waits for the client while the write half speaks first.
+                let reader = monoio::spawn(async move {
+                    let mut got = Vec::new();
+                    loop {
+                        let (n, buf) = read.read(Vec::with_capacity(1024)).await;
+                        match n.unwrap() {
+                            0 => return got,
+                            _ => got.extend_from_slice(&buf),
+                        }
+                    }
+                });
+                let (res, _) = write.write_all(b"hello from the server".to_vec()).await;
+                res.unwrap();
+                let got = reader.await;
+                write.shutdown().await.unwrap();
+                got
+            });
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut client = TlsStream::connect(tcp, client_config, name).await.unwrap();
+            // The server's write arrives while its read half is waiting.
+            let (n, buf) = client.read(Vec::with_capacity(1024)).await;
+            assert_eq!(&buf[..n.unwrap()], b"hello from the server");
+            let (res, _) = client.write_all(b"and from the client".to_vec()).await;
+            res.unwrap();
+            client.shutdown().await.unwrap();
+            assert_eq!(server.await, b"and from the client");
+        });
     }
 }
