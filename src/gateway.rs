@@ -76,6 +76,29 @@ impl Gateway {
         self.bound.iter().position(|&a| a == addr)
     }
 
+    /// What the route's stages need of this generation, on worker `worker` with its
+    /// cache shard.
+    pub fn stage_ctx<'a>(
+        &'a self,
+        shard: &'a std::rc::Rc<std::cell::RefCell<crate::cache::Shard>>,
+        worker: usize,
+    ) -> crate::stages::Ctx<'a> {
+        crate::stages::Ctx {
+            shard,
+            worker,
+            keys: &self.keys,
+            bus: &self.cache_bus,
+        }
+    }
+
+    /// The shared throttle state the throttle stage takes from.
+    pub fn throttle_shared(&self) -> crate::stages::throttle::Shared<'_> {
+        crate::stages::throttle::Shared {
+            buckets: &self.buckets,
+            quotas: &self.quotas,
+        }
+    }
+
     /// Compiles `config` into generation `generation`, with the listeners bound at
     /// `bound`, taking shared state from `state`.
     pub fn new(
@@ -104,7 +127,7 @@ impl Gateway {
         let upstreams = config
             .upstreams
             .iter()
-            .map(|u| SharedUpstream::new(u.clone(), state).map(Arc::new))
+            .map(|u| SharedUpstream::new(u.clone(), |addr| state.health(addr)).map(Arc::new))
             .collect::<Result<_, _>>()?;
         let mut buckets = Vec::new();
         let mut add = |scope: String, t: &Option<crate::config::Throttle>| {

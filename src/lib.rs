@@ -3,7 +3,8 @@
 //! A request flows through these modules in this order:
 //!
 //! - [`server`]: binds listeners, starts one pinned [`worker`] per core, handles signals;
-//! - [`worker`]: per-core state and accept loops; each connection goes to [`proxy`];
+//! - [`worker`]: per-core state; [`accept`]: its accept loops and reload tick; each
+//!   connection goes to [`proxy`];
 //! - [`proxy`]: the request path: read a head ([`http`]), take the request's one
 //!   [`clock`] reading, route it ([`router`]), run the route's pipeline of [`stages`]
 //!   (API keys: [`auth`]; throttle: [`limit`], [`quota`]; the response [`cache`]), then its
@@ -16,6 +17,7 @@
 //! ([`server::Control::reload`], reached by SIGHUP or through [`control`]) publishes a new
 //! generation; each request runs on the one that served when it started.
 
+pub mod accept;
 pub mod auth;
 pub mod cache;
 pub mod calendar;

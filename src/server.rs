@@ -477,7 +477,7 @@ fn worker_thread(
             match built {
                 Ok(mut rt) => {
                     let _ = ready.send(Ok(Driver::IoUring(mode)));
-                    rt.block_on(worker.run(listeners, shutdown, true));
+                    rt.block_on(crate::accept::run(worker, listeners, shutdown, true));
                     return;
                 }
                 Err(e) if io == IoDriver::IoUring && ring != RingMode::Auto => {
@@ -502,7 +502,7 @@ fn worker_thread(
     {
         Ok(mut rt) => {
             let _ = ready.send(Ok(Driver::Epoll));
-            rt.block_on(worker.run(listeners, shutdown, false));
+            rt.block_on(crate::accept::run(worker, listeners, shutdown, false));
         }
         Err(e) => {
             let _ = ready.send(Err(format!("worker {id}: cannot start epoll runtime: {e}")));

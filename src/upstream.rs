@@ -184,15 +184,13 @@ pub struct SharedUpstream {
 }
 
 impl SharedUpstream {
+    /// Compiles an upstream group; `health` gives each target's shared health by address
+    /// (the registry's, so a target keeps its health across generations).
     pub fn new(
         config: Upstream,
-        state: &mut crate::registry::Next,
+        mut health: impl FnMut(SocketAddr) -> Arc<TargetHealth>,
     ) -> Result<SharedUpstream, String> {
-        let health = config
-            .targets
-            .iter()
-            .map(|t| state.health(t.addr))
-            .collect();
+        let health = config.targets.iter().map(|t| health(t.addr)).collect();
         let tls = match &config.tls {
             None => None,
             Some(t) => {
@@ -487,7 +485,7 @@ mod tests {
         .unwrap();
         let registry = crate::registry::Registry::new().unwrap();
         let shared = vec![Arc::new(
-            SharedUpstream::new(c.upstreams[0].clone(), &mut registry.next()).unwrap(),
+            SharedUpstream::new(c.upstreams[0].clone(), |a| registry.next().health(a)).unwrap(),
         )];
         Pools::new(&shared).groups.remove(0)
     }

@@ -1,5 +1,5 @@
-//! One worker: the state a core owns, its accept loops, the config generation it
-//! serves, and its drain on shutdown.
+//! One worker: the state a core owns, the config generation it serves, and its drain
+//! state (its event loop is in [`crate::accept`]).
 //!
 //! Owns: everything per core ([`Worker`]): reusable buffers, the request-id sequence, the
 //! cached `Date`, the in-flight count, its response-cache shard, and for the config
@@ -8,8 +8,8 @@
 //!
 //! A reload publishes a new generation ([`Published`]); a worker takes it up at the next
 //! request that asks ([`Worker::generation`], one relaxed load when nothing changed) or at
-//! its next tick, when it also starts accepting on new listeners and stops on removed
-//! ones. A request keeps the generation it started with until it ends.
+//! its next tick ([`crate::accept`]), when it also starts accepting on new listeners and
+//! stops on removed ones. A request keeps the generation it started with until it ends.
 //!
 //! Must not: be shared with another thread (it is `!Send` by construction), or block its
 //! event loop.
@@ -19,10 +19,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
@@ -92,21 +91,12 @@ pub struct Generation {
     pub leases: Leases,
 }
 
-/// An accept loop's stop signal, for a listener a reload removed.
-#[derive(Default)]
-struct StopAccepting {
-    stopped: Cell<bool>,
-    waker: RefCell<Option<Waker>>,
-}
-
 pub struct Worker {
     pub id: usize,
     workers: usize,
     published: Arc<Published>,
     /// The generation this worker serves new requests with.
     current: RefCell<Rc<Generation>>,
-    /// The listeners this worker accepts on, by bound address.
-    accepting: RefCell<Vec<(SocketAddr, Rc<StopAccepting>)>>,
     /// This worker's share of the response cache.
     pub cache: Rc<RefCell<crate::cache::Shard>>,
     read_buffers: RefCell<Vec<BytesMut>>,
@@ -133,7 +123,6 @@ impl Worker {
             workers,
             published,
             current: RefCell::new(Rc::new(current)),
-            accepting: RefCell::default(),
             cache: Rc::new(RefCell::new(crate::cache::Shard::new(cache_share))),
             read_buffers: RefCell::default(),
             write_buffers: RefCell::default(),
@@ -238,46 +227,6 @@ impl Worker {
         }
     }
 
-    fn start_accepting(
-        self: &Rc<Self>,
-        addr: SocketAddr,
-        socket: std::net::TcpListener,
-        blocking: bool,
-    ) {
-        // io_uring wants blocking sockets (it polls internally); epoll non-blocking ones.
-        let _ = socket.set_nonblocking(!blocking);
-        match monoio::net::TcpListener::from_std(socket) {
-            Ok(l) => {
-                let stop = Rc::new(StopAccepting::default());
-                self.accepting.borrow_mut().push((addr, stop.clone()));
-                monoio::spawn(accept_loop(self.clone(), addr, l, stop));
-            }
-            Err(e) => crate::error!("worker {}: cannot use listener {addr}: {e}", self.id),
-        }
-    }
-
-    /// At each tick: takes up a published generation, accepts on the listeners it added,
-    /// and stops accepting on those it removed (their connections finish their current
-    /// request, then close).
-    fn follow_reloads(self: &Rc<Self>, blocking: bool) {
-        // The tick also keeps the clock's wall offset in step with the system clock.
-        crate::clock::resync();
-        while let Some((addr, socket)) = self.published.inbox[self.id].pop() {
-            self.start_accepting(addr, socket, blocking);
-        }
-        let gen = self.generation();
-        self.accepting.borrow_mut().retain(|(addr, stop)| {
-            let keep = gen.gateway.listener_at(*addr).is_some();
-            if !keep {
-                stop.stopped.set(true);
-                if let Some(w) = stop.waker.borrow_mut().take() {
-                    w.wake();
-                }
-            }
-            keep
-        });
-    }
-
     /// Counts a request as in flight until the guard is dropped.
     pub fn request_started(self: &Rc<Self>) -> InFlight {
         self.in_flight.set(self.in_flight.get() + 1);
@@ -288,186 +237,27 @@ impl Worker {
         self.draining.get()
     }
 
-    fn start_drain(&self) {
+    pub fn start_drain(&self) {
         self.draining.set(true);
         for w in self.drain_waiters.borrow_mut().drain(..) {
             w.wake();
         }
     }
 
+    /// Requests in flight on this worker.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.get()
+    }
+
+    /// A listener socket a reload bound for this worker, if one is waiting.
+    pub fn take_new_listener(&self) -> Option<(SocketAddr, std::net::TcpListener)> {
+        self.published.inbox[self.id].pop()
+    }
+
     /// Resolves when the worker starts draining.
-    fn drained(self: &Rc<Self>) -> DrainWait {
+    pub fn drained(self: &Rc<Self>) -> DrainWait {
         DrainWait(self.clone())
     }
-
-    /// Serves `listeners` until `shutdown` is set, then drains: stops accepting, lets
-    /// in-flight requests finish up to the drain timeout, and returns.
-    pub async fn run(
-        self: Rc<Self>,
-        listeners: Vec<(SocketAddr, std::net::TcpListener)>,
-        shutdown: Arc<AtomicBool>,
-        blocking: bool,
-    ) {
-        for (addr, std_listener) in listeners {
-            self.start_accepting(addr, std_listener, blocking);
-        }
-        // The signal arrives on the main thread; a 100 ms poll is ten wake-ups a second,
-        // and keeps cross-thread wake-ups (a global mutex in monoio) off the request path.
-        // Reloads are taken up at the same tick.
-        while !shutdown.load(Ordering::Relaxed) {
-            monoio::time::sleep(Duration::from_millis(100)).await;
-            self.follow_reloads(blocking);
-        }
-        self.start_drain();
-        let deadline = Instant::now() + self.generation().gateway.config.server.drain_timeout;
-        while self.in_flight.get() > 0 && Instant::now() < deadline {
-            monoio::time::sleep(Duration::from_millis(10)).await;
-        }
-        if self.in_flight.get() > 0 {
-            crate::warn!(
-                "worker {}: drain timeout with {} requests in flight",
-                self.id,
-                self.in_flight.get()
-            );
-        }
-    }
-}
-
-async fn accept_loop(
-    worker: Rc<Worker>,
-    addr: SocketAddr,
-    listener: monoio::net::TcpListener,
-    removed: Rc<StopAccepting>,
-) {
-    let mut stop = std::pin::pin!(worker.drained());
-    let mut removed = std::pin::pin!(Removed(removed));
-    loop {
-        monoio::select! {
-            _ = &mut stop => break,
-            _ = &mut removed => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    // Heads and bodies are written whole: Nagle would only delay them.
-                    let _ = stream.set_nodelay(true);
-                    // The listener's settings (TLS) as the serving generation has them.
-                    let gen = worker.generation();
-                    let Some(index) = gen.gateway.listener_at(addr) else {
-                        continue;
-                    };
-                    match &gen.gateway.tls[index] {
-                        None => {
-                            monoio::spawn(crate::proxy::serve(
-                                worker.clone(),
-                                gen.clone(),
-                                addr,
-                                stream,
-                                peer,
-                                b"http",
-                                Vec::new(),
-                            ));
-                        }
-                        Some(tls) => {
-                            let config = tls.config.clone();
-                            let deadline = tls.handshake_timeout;
-                            let mutual = tls.mutual;
-                            let worker = worker.clone();
-                            let gen = gen.clone();
-                            monoio::spawn(async move {
-                                let handshake = crate::tls::TlsStream::accept(stream, config);
-                                // A failed or stalled handshake (an unknown protocol version,
-                                // silence) just closes the connection; plain HTTP is told why.
-                                match monoio::time::timeout(deadline, handshake).await {
-                                    Ok(Ok(crate::tls::Accepted::Tls(tls))) => {
-                                        let client_cert = if mutual {
-                                            crate::tls::client_cert_headers(tls.session())
-                                        } else {
-                                            Vec::new()
-                                        };
-                                        crate::proxy::serve(worker, gen, addr, tls, peer, b"https", client_cert).await;
-                                    }
-                                    Ok(Ok(crate::tls::Accepted::PlainHttp(tcp))) => {
-                                        refuse_plain_http(&worker, tcp).await;
-                                    }
-                                    _ => {}
-                                }
-                            });
-                        }
-                    }
-                }
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning on the error.
-                    crate::error!("worker {}: accept failed: {e}", worker.id);
-                    monoio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-    // Dropping the listener here closes this worker's socket, so the kernel sends new
-    // connections to no one rather than to a worker that will not accept them.
-}
-
-/// Resolves when a reload removed the listener.
-struct Removed(Rc<StopAccepting>);
-
-impl Future for Removed {
-    type Output = ();
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0.stopped.get() {
-            Poll::Ready(())
-        } else {
-            *self.0.waker.borrow_mut() = Some(cx.waker().clone());
-            Poll::Pending
-        }
-    }
-}
-
-/// What a plain-HTTP request on a TLS port is told, as nginx's "The plain HTTP request
-/// was sent to HTTPS port".
-pub const PLAIN_HTTP_ON_TLS: &str = "This port expects HTTPS (TLS): use https://";
-
-/// Answers plain HTTP sent to a TLS port: 400 with a JSON message and `connection: close`,
-/// then a lingering close. The request is not parsed: the first byte (a letter, not a TLS
-/// record) is all the evidence there is, and the connection ends either way.
-async fn refuse_plain_http(worker: &Worker, mut tcp: monoio::net::TcpStream) {
-    use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
-    /// How long, and how much, of the rest of the request is read and dropped after the
-    /// answer, so that closing with unread bytes does not reset the connection (which can
-    /// destroy the answer before the client reads it).
-    const LINGER: Duration = Duration::from_secs(5);
-    const LINGER_BYTES: usize = 1 << 20;
-
-    let mut id = [0u8; 32];
-    worker.next_request_id(&mut id);
-    let date = worker.date(crate::clock::now());
-    let trailer = crate::http::write::Trailer {
-        date: &date,
-        request_id: &id,
-        close: true,
-        keep_alive_10: false,
-        extra: b"",
-    };
-    let mut out = worker.take_write_buffer();
-    crate::http::write::error_response_saying(&mut out, 400, PLAIN_HTTP_ON_TLS, |_| {}, &trailer);
-    let (res, out) = tcp.write_all(out).await;
-    worker.give_write_buffer(out);
-    if res.is_err() || tcp.shutdown().await.is_err() {
-        return;
-    }
-    let _ = monoio::time::timeout(LINGER, async {
-        let mut buf = worker.take_read_buffer();
-        let mut dropped = 0;
-        while dropped < LINGER_BYTES {
-            buf.clear();
-            let (res, b) = tcp.read(buf).await;
-            buf = b;
-            match res {
-                Ok(n) if n > 0 => dropped += n,
-                _ => break,
-            }
-        }
-        worker.give_read_buffer(buf);
-    })
-    .await;
 }
 
 /// Keeps a request counted as in flight.
@@ -479,7 +269,8 @@ impl Drop for InFlight {
     }
 }
 
-struct DrainWait(Rc<Worker>);
+/// Resolves when the worker starts draining ([`Worker::drained`]).
+pub struct DrainWait(Rc<Worker>);
 
 impl Future for DrainWait {
     type Output = ();

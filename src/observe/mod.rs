@@ -89,6 +89,8 @@ pub enum Refusal {
     QuotaExceeded,
     /// The listener redirects to HTTPS (301/308).
     Redirect,
+    /// Plain HTTP sent to a TLS listener (400).
+    PlainHttpOnTls,
     /// No target could be reached or answered with a valid response (502).
     IntegrationFailure,
     /// The target did not answer in time (504).
@@ -111,6 +113,7 @@ impl Refusal {
             Refusal::Throttled => "THROTTLED",
             Refusal::QuotaExceeded => "QUOTA_EXCEEDED",
             Refusal::Redirect => "REDIRECT",
+            Refusal::PlainHttpOnTls => "PLAIN_HTTP_ON_TLS",
             Refusal::IntegrationFailure | Refusal::UpstreamBroke => "INTEGRATION_FAILURE",
             Refusal::IntegrationTimeout => "INTEGRATION_TIMEOUT",
             Refusal::ClientGone => "CLIENT_CLOSED",

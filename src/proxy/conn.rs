@@ -205,7 +205,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     }
 
     /// The one end of every request: the record is complete and handed on.
-    fn finish(&mut self) {
+    pub(super) fn finish(&mut self) {
         let record = &mut self.ex.record;
         record.end = crate::clock::now();
         record.cache = self.ex.taken.cache.status;
@@ -256,6 +256,25 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 Ok((Err(_), buf)) => {
                     self.buf = buf;
                     return HeadRead::Closed;
+                }
+            }
+        }
+    }
+
+    /// Reads and drops up to `limit` bytes from the client, until it closes.
+    pub(super) async fn drain_input(&mut self, limit: usize) {
+        let mut dropped = 0;
+        while dropped < limit {
+            self.buf.clear();
+            let buf = std::mem::take(&mut self.buf);
+            match read_more(&mut self.stream, buf, crate::worker::READ_BUFFER).await {
+                (Ok(n), buf) if n > 0 => {
+                    self.buf = buf;
+                    dropped += n;
+                }
+                (_, buf) => {
+                    self.buf = buf;
+                    return;
                 }
             }
         }

@@ -209,11 +209,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             now: self.ex.now,
         };
         let taken = &mut self.ex.taken;
-        let ctx = stages::Ctx {
-            shard: &self.worker.cache,
-            worker: self.worker.id,
-            gateway,
-        };
+        let ctx = gateway.stage_ctx(&self.worker.cache, self.worker.id);
         match (stage, resumed) {
             (Stage::ApiKey, _) => match stages::api_key::run(&gateway.keys, &req, taken) {
                 Ok(plan) => {
@@ -222,9 +218,14 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 }
                 Err(reply) => Step::Reply(reply),
             },
-            (Stage::Throttle(t), _) => {
-                stages::throttle::run(gateway, t, &gen.leases, *key_plan, &req, taken)
-            }
+            (Stage::Throttle(t), _) => stages::throttle::run(
+                gateway.throttle_shared(),
+                t,
+                &gen.leases,
+                *key_plan,
+                &req,
+                taken,
+            ),
             (Stage::Cache(rc), None) => stages::cache::lookup(&ctx, rc, &req, taken),
             (Stage::Cache(_), Some(finished)) => stages::cache::resume(&ctx, &req, taken, finished),
             (Stage::Invalidate, _) => {

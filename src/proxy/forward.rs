@@ -353,11 +353,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         }
         let gen = &*self.gen;
         let date = self.worker.date(head_at);
-        let ctx = crate::stages::Ctx {
-            shard: &self.worker.cache,
-            worker: self.worker.id,
-            gateway: &gen.gateway,
-        };
+        let ctx = gen.gateway.stage_ctx(&self.worker.cache, self.worker.id);
         let answer = gen.gateway.pipelines[route_id].on_upstream_head(
             &ctx,
             &mut self.ex.taken,
@@ -475,11 +471,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             return Err(RelayError::Broken);
         }
         let gateway = &self.gen.gateway;
-        let ctx = crate::stages::Ctx {
-            shard: &self.worker.cache,
-            worker: self.worker.id,
-            gateway,
-        };
+        let ctx = gateway.stage_ctx(&self.worker.cache, self.worker.id);
         let route_key = gateway.route_keys[route_id];
         gateway.pipelines[route_id].on_end(&ctx, &mut self.ex.taken, route_key, head_at);
         // Bytes after the end of the response mean the upstream broke framing: never reuse.

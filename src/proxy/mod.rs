@@ -48,6 +48,35 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(
     conn.release();
 }
 
+/// What a plain-HTTP request on a TLS port is told, as nginx's "The plain HTTP request
+/// was sent to HTTPS port".
+pub const PLAIN_HTTP_ON_TLS: &str = "This port expects HTTPS (TLS): use https://";
+
+/// Answers plain HTTP sent to a TLS port: 400 with a JSON message and `connection: close`,
+/// then a lingering close. The request is not parsed: the first byte (a letter, not a TLS
+/// record) is all the evidence there is, and the connection ends either way.
+pub async fn refuse_plain_http(
+    worker: Rc<Worker>,
+    gen: Rc<Generation>,
+    listener: SocketAddr,
+    tcp: monoio::net::TcpStream,
+    peer: SocketAddr,
+) {
+    use monoio::io::AsyncWriteRent;
+    /// How long, and how much, of the rest of the request is read and dropped after the
+    /// answer, so that closing with unread bytes does not reset the connection (which can
+    /// destroy the answer before the client reads it).
+    const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+    const LINGER_BYTES: usize = 1 << 20;
+
+    let mut conn = Connection::new(worker, gen, listener, tcp, peer, b"http");
+    let sent = conn.refuse_plain_http().await;
+    if sent && conn.stream.shutdown().await.is_ok() {
+        let _ = monoio::time::timeout(LINGER, conn.drain_input(LINGER_BYTES)).await;
+    }
+    conn.release();
+}
+
 #[cfg(test)]
 mod size_guard {
     /// Every idle keep-alive connection holds one of these futures: its size is most of

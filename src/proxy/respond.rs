@@ -232,6 +232,21 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         outcome
     }
 
+    /// 400 to plain HTTP on a TLS port (see [`super::refuse_plain_http`]); returns whether
+    /// the answer was sent. The request ends here, with its record.
+    pub(super) async fn refuse_plain_http(&mut self) -> bool {
+        self.ex.begin_refused(&self.worker, &self.gen, 0);
+        if let Some(index) = self.gen.gateway.listener_at(self.listener_addr) {
+            self.ex.record.listener = index as u32;
+        }
+        let message = super::PLAIN_HTTP_ON_TLS;
+        self.write_error_saying(400, message, Refusal::PlainHttpOnTls, true, |_| {})
+            .await;
+        let sent = self.ex.record.bytes_out > 0;
+        self.finish();
+        sent
+    }
+
     /// A body error while reading the request: its status, and a close.
     pub(super) async fn respond_body_error(&mut self, e: super::body::BodyError) -> Outcome {
         use super::body::BodyError;

@@ -135,7 +135,7 @@ pub fn lookup<'g>(ctx: &Ctx, rc: &RouteCache, req: &Request, taken: &mut Taken) 
             WhoMayRefresh::Anyone => true,
             WhoMayRefresh::ApiKey => {
                 taken.api_key.is_some() || {
-                    let keys = &ctx.gateway.keys;
+                    let keys = ctx.keys;
                     let presented = keys.presented(buf, &head.headers);
                     keys.authorize(presented, req.route).is_some()
                 }
@@ -148,7 +148,7 @@ pub fn lookup<'g>(ctx: &Ctx, rc: &RouteCache, req: &Request, taken: &mut Taken) 
 
     let found = {
         let mut shard = ctx.shard.borrow_mut();
-        ctx.gateway.cache_bus.receive(ctx.worker, &mut shard);
+        ctx.bus.receive(ctx.worker, &mut shard);
         shard.lookup(&state.key, buf, &head.headers)
     };
     let now = req.now.ms();
@@ -327,9 +327,7 @@ pub fn on_upstream_head(
     if let Some(path_hash) = state.invalidates.take() {
         if (200..400).contains(&status) {
             ctx.shard.borrow_mut().invalidate_path(path_hash);
-            ctx.gateway
-                .cache_bus
-                .send(Purge::Path(path_hash), Some(ctx.worker));
+            ctx.bus.send(Purge::Path(path_hash), Some(ctx.worker));
         }
     }
     let Some(rc) = rc else {

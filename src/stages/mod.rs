@@ -125,7 +125,10 @@ pub struct Ctx<'a> {
     /// This worker's share of the response cache.
     pub shard: &'a Rc<std::cell::RefCell<crate::cache::Shard>>,
     pub worker: usize,
-    pub gateway: &'a crate::gateway::Gateway,
+    /// The generation's API keys (the cache's `invalidate = "api_key"` checks one).
+    pub keys: &'a crate::auth::KeyTable,
+    /// Carries invalidations to the other workers' shards.
+    pub bus: &'a crate::cache::Bus,
 }
 
 /// What the stages leave for the rest of the request (reset for each request).

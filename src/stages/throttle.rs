@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use super::{Reply, Request, Step, Taken};
 use crate::auth::KeyPlan;
-use crate::gateway::Gateway;
-use crate::limit::{ceil_secs, write_fields, Leases, PerIpBuckets};
+use crate::limit::{ceil_secs, write_fields, Leases, PerIpBuckets, SharedBucket};
+use crate::quota::QuotaCounter;
 
 /// What a route's throttle stage checks besides the key's plan.
 #[derive(Debug, Default)]
@@ -31,9 +31,15 @@ impl Throttle {
     }
 }
 
+/// The generation's shared throttle state: every bucket and every quota counter.
+pub struct Shared<'g> {
+    pub buckets: &'g [Arc<SharedBucket>],
+    pub quotas: &'g [Arc<QuotaCounter>],
+}
+
 /// Runs the stage for one request.
 pub fn run<'g>(
-    gateway: &'g Gateway,
+    shared: Shared<'g>,
     stage: &'g Throttle,
     leases: &Leases,
     key_plan: Option<&KeyPlan>,
@@ -61,7 +67,7 @@ pub fn run<'g>(
     let mut reserved_quota = None;
     if let Some(q) = key_plan.and_then(|kp| kp.quota) {
         let period_now = crate::quota::wall_clock(now);
-        if let Err(wait_secs) = gateway.quotas[q].try_reserve(period_now) {
+        if let Err(wait_secs) = shared.quotas[q].try_reserve(period_now) {
             refund_per_ip();
             return Step::Reply(Reply::QuotaExceeded { wait_secs });
         }
@@ -86,19 +92,19 @@ pub fn run<'g>(
     if chain.is_empty() {
         return Step::Continue;
     }
-    if let Err(refusal) = leases.admit(&gateway.buckets, chain, now.nanos) {
+    if let Err(refusal) = leases.admit(shared.buckets, chain, now.nanos) {
         if let Some((q, at)) = reserved_quota {
-            gateway.quotas[q].release(at);
+            shared.quotas[q].release(at);
         }
         refund_per_ip();
         return Step::Reply(Reply::Throttled {
-            bucket: &gateway.buckets[refusal.bucket],
+            bucket: &shared.buckets[refusal.bucket],
             wait_nanos: refusal.wait_nanos,
         });
     }
     if stage.headers {
-        if let Some(st) = leases.standing(&gateway.buckets, chain, now.nanos) {
-            let bucket = &gateway.buckets[st.bucket];
+        if let Some(st) = leases.standing(shared.buckets, chain, now.nanos) {
+            let bucket = &shared.buckets[st.bucket];
             write_fields(
                 &mut taken.headers,
                 bucket,
