@@ -132,6 +132,12 @@ pub fn set_sink(sink: Sink) {
     let _ = SINK.set(sink);
 }
 
+/// Whether anything consumes records (else the end of a request skips completing one).
+#[inline]
+pub fn consumed() -> bool {
+    SINK.get().is_some()
+}
+
 /// Hands a finished request's record to the sink, if one is set.
 #[inline]
 pub fn emit(worker: usize, record: &Record) {

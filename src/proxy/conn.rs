@@ -204,16 +204,19 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         }
     }
 
-    /// The one end of every request: the record is complete and handed on.
+    /// The one end of every request: the record is complete and handed on (when anything
+    /// consumes records: the end time is the request's second clock reading).
     pub(super) fn finish(&mut self) {
-        let record = &mut self.ex.record;
-        record.end = crate::clock::now();
-        record.cache = self.ex.taken.cache.status;
-        record.api_key = self.ex.taken.api_key.map(|k| k as u32);
-        if record.status == 0 && record.refusal.is_none() {
-            record.refusal = Some(Refusal::ClientGone);
+        if crate::observe::consumed() {
+            let record = &mut self.ex.record;
+            record.end = crate::clock::now();
+            record.cache = self.ex.taken.cache.status;
+            record.api_key = self.ex.taken.api_key.map(|k| k as u32);
+            if record.status == 0 && record.refusal.is_none() {
+                record.refusal = Some(Refusal::ClientGone);
+            }
+            crate::observe::emit(self.worker.id, record);
         }
-        crate::observe::emit(self.worker.id, record);
         // What the request held in the cache (a fill it owned) is let go now.
         self.ex.taken.cache.reset();
     }

@@ -145,10 +145,11 @@ pub struct Taken {
 }
 
 impl Taken {
+    /// Clears what the previous request's stages left. (The cache's part is reset at the
+    /// end of each request, when its fill ticket is let go, and by the cache stage.)
     pub fn reset(&mut self) {
         self.api_key = None;
         self.headers.clear();
-        self.cache.reset();
     }
 }
 
