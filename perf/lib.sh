@@ -351,6 +351,16 @@ $(nginx_temp_paths origin)
 EOF
 }
 
+# NGINX_ACCESS_LOG (env, default off): "on" gives the nginx proxy its default access log
+# (the combined format, to a file), the peer for Weir with its access log on.
+nginx_access_log() {
+  if [[ ${NGINX_ACCESS_LOG:-off} == on ]]; then
+    echo "access_log $PERF_TMP/logs/nginx-access.log combined;"
+  else
+    echo "access_log off;"
+  fi
+}
+
 # write_nginx_proxy_conf WORKER_CONNECTIONS KEEPALIVE_TIMEOUT
 # NGINX_REQUEST_BUFFERING (env, default off): nginx's own default is 'on', which
 # reads the whole request body (spilling >16 KiB to a temp file) before it
@@ -369,7 +379,7 @@ error_log $PERF_TMP/logs/nginx-proxy-error.log warn;
 worker_rlimit_nofile $(ulimit -n);
 events { worker_connections $wc; }
 http {
-    access_log off;
+    $(nginx_access_log)
 $(nginx_temp_paths proxy)
     keepalive_requests 100000;
     keepalive_timeout $kat;

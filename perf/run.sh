@@ -50,6 +50,8 @@ Environment:
   WEIR_SERVER_EXTRA        extra lines appended to Weir's [server] section,
                            e.g. WEIR_SERVER_EXTRA='io = "epoll"'
   NGINX_REQUEST_BUFFERING  nginx proxy_request_buffering (default off; nginx's own default is on)
+  NGINX_ACCESS_LOG         "on": nginx proxies with its default access log (combined,
+                           to a file); default off
   NGINX_PROXY_EXTRA        extra directives for nginx's proxy location, e.g.
                            NGINX_PROXY_EXTRA='proxy_buffers 16 64k;' (default: none)
 EOF
@@ -68,7 +70,7 @@ q() {
 cmdline=$(q "$0")
 for a in "$@"; do cmdline+=" $(q "$a")"; done
 envline=""
-for v in WEIR_BIN WEIR_SERVER_EXTRA NGINX_REQUEST_BUFFERING NGINX_PROXY_EXTRA DURATION CONNS ROUNDS WORKLOADS PROXIES; do
+for v in WEIR_BIN WEIR_SERVER_EXTRA NGINX_REQUEST_BUFFERING NGINX_ACCESS_LOG NGINX_PROXY_EXTRA DURATION CONNS ROUNDS WORKLOADS PROXIES; do
   if [[ -n ${!v:-} ]]; then
     envline+="$v=$(q "${!v}") "
   fi
@@ -700,7 +702,7 @@ fi
       done
     fi
   fi
-  echo "- nginx proxy_request_buffering: ${NGINX_REQUEST_BUFFERING:-off} (nginx's default is on); other proxy settings: \`${NGINX_PROXY_EXTRA:-nginx defaults}\`"
+  echo "- nginx proxy_request_buffering: ${NGINX_REQUEST_BUFFERING:-off} (nginx's default is on); access log: ${NGINX_ACCESS_LOG:-off}; other proxy settings: \`${NGINX_PROXY_EXTRA:-nginx defaults}\`"
   if ((has_tls)); then
     echo "- tls1k: one self-signed ECDSA P-256 certificate (CN bench.weir.test, SAN DNS:bench.weir.test, IP:127.0.0.1), made with openssl for this run, used by every proxy on 127.0.0.1:$TLS_PORT; origin stays plain HTTP"
     echo "  - nginx: a second \`server\` with \`listen 127.0.0.1:$TLS_PORT ssl\`, \`ssl_protocols TLSv1.2 TLSv1.3\`, \`ssl_session_cache shared:SSL:10m\`, \`keepalive_requests 100000\`, same upstream and location settings as the plain one"

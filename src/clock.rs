@@ -54,6 +54,11 @@ impl Now {
         (self.nanos + WALL_OFFSET.load(Ordering::Relaxed)) / 1_000_000_000
     }
 
+    /// Milliseconds since the Unix epoch at this reading.
+    pub fn wall_ms(self) -> u64 {
+        (self.nanos + WALL_OFFSET.load(Ordering::Relaxed)) / 1_000_000
+    }
+
     /// Nanoseconds from `earlier` to this reading.
     pub fn since(self, earlier: Now) -> u64 {
         self.nanos.saturating_sub(earlier.nanos)

@@ -11,8 +11,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::auth::KeyTable;
-use crate::config::{Config, Route};
+use crate::config::{Config, ListenerLog, Route};
 use crate::limit::SharedBucket;
+use crate::observe::access_log::AccessLog;
 use crate::quota::QuotaCounter;
 use crate::router::Router;
 use crate::stages::throttle::Throttle;
@@ -38,6 +39,8 @@ pub struct Gateway {
     pub upstreams: Vec<Arc<SharedUpstream>>,
     /// Every token bucket: global, per listener, per route, per key in a usage plan.
     pub buckets: Vec<Arc<SharedBucket>>,
+    /// Each listener's access log, if it has one.
+    pub access_logs: Vec<Option<Arc<AccessLog>>>,
     /// Each listener's TLS, if it terminates TLS.
     pub tls: Vec<Option<crate::tls::Tls>>,
     /// API keys and what their usage plans allow.
@@ -148,6 +151,25 @@ impl Gateway {
             .zip(&route_keys)
             .map(|(r, key)| add(format!("route {key:x}"), &r.throttle))
             .collect();
+        let access_logs = config
+            .listeners
+            .iter()
+            .map(|l| {
+                let spec = match &l.access_log {
+                    ListenerLog::Off => return Ok(None),
+                    ListenerLog::Own(spec) => spec,
+                    ListenerLog::Inherit => match &config.access_log {
+                        Some(spec) => spec,
+                        None => return Ok(None),
+                    },
+                };
+                let writer = state.access_writer(&spec.destination)?;
+                Ok(Some(Arc::new(AccessLog {
+                    spec: spec.clone(),
+                    writer,
+                })))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
         let tls = config
             .listeners
             .iter()
@@ -210,6 +232,7 @@ impl Gateway {
             upstreams,
             buckets,
             tls,
+            access_logs,
             keys,
             quotas: quotas.into(),
         })

@@ -41,7 +41,7 @@ SIGNALS:
                           [server] drain_timeout), then exit 0; a second one exits now
     SIGHUP                reload the whole config, as `weir reload`; on an error keep the
                           config that serves and log every error
-    SIGUSR1               reopen log files (logrotate's postrotate); Weir logs to stderr
+    SIGUSR1               reopen access log files (logrotate's postrotate)
     SIGUSR2               purge the response cache (the routes `weir purge` asked for, or all)
     SIGWINCH              ignored (nginx stops daemon workers with it; Weir has none)
 
@@ -460,7 +460,10 @@ fn run(path: PathBuf) -> ExitCode {
                 // The outcome is logged by the reload itself.
                 let _ = control.reload();
             }
-            SIGUSR1 => info!("{name}: no log file to reopen: Weir logs to stderr"),
+            SIGUSR1 => match control.reopen_logs() {
+                0 => info!("{name}: no access log file to reopen (Weir's own log is stderr)"),
+                n => info!("{name}: reopening {n} access {}", plural(n, "log", "logs")),
+            },
             SIGUSR2 => {
                 // The routes `weir purge` left for this process, if it left any.
                 let request = purge_request_path(std::process::id());

@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use crate::limit::{PerIpBuckets, SharedBucket};
+use crate::observe::access_log::{Destination, Writer};
 use crate::quota::QuotaCounter;
 use crate::upstream::TargetHealth;
 
@@ -34,6 +35,9 @@ struct Tables {
 pub struct Registry {
     /// What the serving generation uses.
     current: Mutex<Tables>,
+    /// Access log writers by destination, for the life of the process (a reload that
+    /// keeps a log file keeps its writer; one no longer used idles).
+    writers: Mutex<HashMap<Destination, Arc<Writer>>>,
     /// TLS session-ticket keys, one set for the process: tickets issued before a reload
     /// (on any listener, by any worker) still resume after it.
     pub ticketer: Arc<dyn rustls::server::ProducesTickets>,
@@ -49,9 +53,16 @@ impl Registry {
     pub fn new() -> Result<Registry, String> {
         Ok(Registry {
             current: Mutex::default(),
+            writers: Mutex::default(),
             ticketer: rustls::crypto::ring::Ticketer::new()
                 .map_err(|e| format!("TLS tickets: {e}"))?,
         })
+    }
+
+    /// Every access log writer started so far.
+    pub fn access_writers(&self) -> Vec<Arc<Writer>> {
+        let writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+        writers.values().cloned().collect()
     }
 
     /// Starts building a generation: it takes state from what serves now, and what it
@@ -95,6 +106,22 @@ impl<'a> Next<'a> {
     fn now(&self) -> std::sync::MutexGuard<'a, Tables> {
         let registry: &'a Registry = self.registry;
         registry.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The writer for an access log at `destination`: the running one, or a new one (which
+    /// opens the file now, so a path that cannot be written fails the build).
+    pub fn access_writer(&mut self, destination: &Destination) -> Result<Arc<Writer>, String> {
+        let mut writers = self
+            .registry
+            .writers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = writers.get(destination) {
+            return Ok(w.clone());
+        }
+        let w = Writer::start(destination.clone())?;
+        writers.insert(destination.clone(), w.clone());
+        Ok(w)
     }
 
     /// The process's TLS session-ticket keys.

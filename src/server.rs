@@ -113,6 +113,10 @@ impl Running {
         if let Ok(Some(store)) = store {
             store.finish();
         }
+        // The workers handed over their last lines as they drained: write them out.
+        for writer in self.control.registry.access_writers() {
+            writer.close();
+        }
     }
 }
 
@@ -120,6 +124,16 @@ impl Running {
 pub type ReloadResult = Result<Vec<String>, Vec<String>>;
 
 impl Control {
+    /// Reopens every access log file (SIGUSR1, and each reload: logrotate's `postrotate`
+    /// sends either). Returns how many logs were told.
+    pub fn reopen_logs(&self) -> usize {
+        let writers = self.registry.access_writers();
+        for w in &writers {
+            w.reopen();
+        }
+        writers.len()
+    }
+
     /// The generation serving now.
     pub fn current(&self) -> Arc<Gateway> {
         self.published.current()
@@ -131,6 +145,7 @@ impl Control {
     /// Err: every error. Both are logged here.
     pub fn reload(&self) -> ReloadResult {
         let _one = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        self.reopen_logs();
         let old = self.published.current();
         let result = self.build_next(&old);
         match &result {

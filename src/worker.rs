@@ -99,6 +99,8 @@ pub struct Worker {
     current: RefCell<Rc<Generation>>,
     /// This worker's share of the response cache.
     pub cache: Rc<RefCell<crate::cache::Shard>>,
+    /// Access log lines not yet handed to their writers.
+    pub log_batches: RefCell<crate::observe::access_log::Batches>,
     read_buffers: RefCell<Vec<BytesMut>>,
     write_buffers: RefCell<Vec<Vec<u8>>>,
     date: RefCell<DateCache>,
@@ -124,6 +126,7 @@ impl Worker {
             published,
             current: RefCell::new(Rc::new(current)),
             cache: Rc::new(RefCell::new(crate::cache::Shard::new(cache_share))),
+            log_batches: RefCell::default(),
             read_buffers: RefCell::default(),
             write_buffers: RefCell::default(),
             date: RefCell::default(),

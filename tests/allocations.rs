@@ -118,10 +118,12 @@ fn steady_state_proxying_allocates_nothing_per_request() {
         .expect("origin address")
         .to_string();
 
-    // The gateway under test, in this process.
+    // The gateway under test, in this process, with its access log on (JSON, to a file).
+    let access_log = std::env::temp_dir().join(format!("weir-alloc-{}.log", std::process::id()));
+    let access_log = access_log.display();
     let config = weir::config::parse(
         &format!(
-            "[server]\nworkers = 1\n[http]\nkeepalive_requests = 1000000\n[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream.origin]\ntargets = [\"{origin_addr}\"]\n[[route]]\npath = \"/items/{{*p}}\"\nupstream = \"origin\"\n\
+            "[server]\nworkers = 1\n[http]\nkeepalive_requests = 1000000\n[access_log]\npath = \"{access_log}\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream.origin]\ntargets = [\"{origin_addr}\"]\n[[route]]\npath = \"/items/{{*p}}\"\nupstream = \"origin\"\n\
              [[route]]\npath = \"/cached/{{*p}}\"\nupstream = \"origin\"\nstrip_prefix = \"/cached\"\ncache = {{ }}\n\
              [[api_key]]\nid = \"alloc\"\nvalue = \"alloc-test-key-0123456789\"\n\
              [[route]]\npath = \"/keyed/{{*p}}\"\nupstream = \"origin\"\napi_key_required = true\nthrottle = {{ rate = 1000000, burst = 1000000, headers = true }}\n\
@@ -172,6 +174,10 @@ fn steady_state_proxying_allocates_nothing_per_request() {
     running.shutdown();
     drop(origin);
     let _ = std::fs::remove_file(&origin_config);
+    let logged = std::fs::read_to_string(access_log.to_string()).unwrap_or_default();
+    let _ = std::fs::remove_file(access_log.to_string());
+    // Every request was logged (the warm-up's and the measured ones).
+    assert_eq!(logged.lines().count(), 2_000 + MEASURED as usize);
     println!("{allocations} allocations over {MEASURED} proxied requests");
     // Amortised growth may show as a handful; one per request would be 20,000.
     assert!(

@@ -93,6 +93,17 @@ pub enum Status {
 }
 
 impl Status {
+    /// As `X-Cache` says it: `HIT`, `MISS`, ...
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Hit => "HIT",
+            Status::Miss => "MISS",
+            Status::Bypass => "BYPASS",
+            Status::Stale => "STALE",
+            Status::Revalidated => "REVALIDATED",
+        }
+    }
+
     pub fn header(self) -> &'static [u8] {
         match self {
             Status::Hit => b"x-cache: HIT\r\n",

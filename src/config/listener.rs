@@ -17,6 +17,7 @@ use toml::Spanned;
 
 use super::errors::Checker;
 use super::limits::{resolve_throttle, Throttle, ThrottleFile};
+use super::log::{resolve_listener_log, ListenerLog, ListenerLogFile};
 use super::upstream::resolve_addr;
 use super::values::{is_host_byte, Dur};
 pub use crate::tls::{CertificateSettings, ClientAuth, TlsSettings};
@@ -36,6 +37,8 @@ pub struct Listener {
     pub tls: Option<TlsSettings>,
     /// Answer every request with a redirect to HTTPS on this port.
     pub redirect_https: Option<u16>,
+    /// This listener's access log.
+    pub access_log: ListenerLog,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -58,6 +61,9 @@ pub(super) struct ListenerFile {
     tls: Option<Spanned<TlsFile>>,
     /// Redirect every request to `https://` on this port (nginx's `return 301 https://…`).
     redirect_https: Option<Spanned<u16>>,
+    /// This listener's own access log (`{ path = ... }`), or `false` for none. Default:
+    /// `[access_log]`.
+    access_log: Option<Spanned<ListenerLogFile>>,
 }
 
 /// `tls = { certificates = [...], tls12 = true, handshake_timeout = "10s" }`.
@@ -144,6 +150,7 @@ pub(super) fn resolve_listeners(
             throttle,
             tls,
             redirect_https: l.redirect_https.map(|p| p.into_inner()),
+            access_log: resolve_listener_log(l.access_log, ck),
         });
     }
     listeners

@@ -23,13 +23,15 @@
 //! - `route`: `[[route]]`: matching, integrations (upstream or mock), per-route settings;
 //! - `cache`: `[cache]` and a route's `cache = { ... }`;
 //! - `auth`: API keys, the keys file, usage plans and quotas;
-//! - `limits`: throttles, at every level.
+//! - `limits`: throttles, at every level;
+//! - `log`: `[access_log]` and a listener's `access_log`.
 
 mod auth;
 mod cache;
 mod errors;
 mod limits;
 mod listener;
+mod log;
 mod route;
 mod server;
 mod upstream;
@@ -46,6 +48,7 @@ pub use self::cache::{Invalidate, QueryKey, RouteCache};
 pub use self::errors::{ConfigError, ConfigErrors};
 pub use self::limits::Throttle;
 pub use self::listener::{CertificateSettings, ClientAuth, Listener, TlsSettings};
+pub use self::log::{AccessLogSpec, Destination, Field, Format, ListenerLog, Only};
 pub use self::route::{HostPattern, HostRewrite, HttpIntegration, Integration, Mock, Route};
 pub use self::server::{HttpLimits, IoDriver, RingMode, Server, Workers};
 pub use self::upstream::{Balance, Target, Upstream, UpstreamTls};
@@ -59,6 +62,7 @@ use self::cache::CacheFile;
 use self::errors::{deserialize_all, Checker};
 use self::limits::{resolve_throttle, ThrottleFile};
 use self::listener::{resolve_listeners, ListenerFile};
+use self::log::{resolve_access_log, AccessLogFile};
 use self::route::{resolve_route, RouteContext, RouteFile};
 use self::server::{resolve_http, resolve_server, HttpFile, ServerFile};
 use self::upstream::{resolve_upstream, UpstreamFile};
@@ -82,6 +86,8 @@ pub struct Config {
     pub quota_store: std::path::PathBuf,
     /// `[cache] memory`: bytes all response-cache shards may hold together.
     pub cache_memory: u64,
+    /// `[access_log]`: every listener's, unless a listener says otherwise.
+    pub access_log: Option<AccessLogSpec>,
     pub listeners: Vec<Listener>,
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
@@ -124,6 +130,9 @@ struct ConfigFile {
     quotas: Option<Spanned<QuotasFile>>,
     #[serde(default)]
     cache: Option<Spanned<CacheFile>>,
+    /// Where each request's line goes (off unless configured).
+    #[serde(default)]
+    access_log: Option<Spanned<AccessLogFile>>,
     #[serde(default)]
     listener: Vec<Spanned<ListenerFile>>,
     #[serde(default)]
@@ -218,6 +227,7 @@ fn resolve(raw: ConfigFile, ck: &mut Checker) -> Option<Config> {
         .map(|t| resolve_throttle(t, "global", false, ck));
 
     let listeners = resolve_listeners(raw.listener, ck);
+    let access_log = raw.access_log.and_then(|a| resolve_access_log(a, ck));
 
     let mut upstreams = Vec::new();
     for (name, u) in raw.upstream {
@@ -293,6 +303,7 @@ fn resolve(raw: ConfigFile, ck: &mut Checker) -> Option<Config> {
         usage_plans,
         quota_store,
         cache_memory,
+        access_log,
         listeners,
         upstreams,
         routes,

@@ -6,6 +6,10 @@ use super::reason;
 
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
+/// What a plain-HTTP request on a TLS port is told, as nginx's "The plain HTTP request
+/// was sent to HTTPS port".
+pub const PLAIN_HTTP_ON_TLS: &str = "This port expects HTTPS (TLS): use https://";
+
 /// Appends a decimal number.
 pub fn push_u64(out: &mut Vec<u8>, n: u64) {
     let mut buf = itoa::Buffer::new();

@@ -7,6 +7,8 @@
 //! set ([`set_sink`]) and the tests use it. Must not: do I/O or allocate per request; a
 //! consumer that needs either hands the record to a thread of its own.
 
+pub mod access_log;
+
 use std::sync::OnceLock;
 
 use crate::cache::Status as CacheStatus;
@@ -35,6 +37,8 @@ pub struct Record {
     pub bytes_in: u64,
     /// Response bytes written to the client, 1xx heads included.
     pub bytes_out: u64,
+    /// Of those, the final response's head (so the body's length is the difference).
+    pub head_bytes: u32,
     /// The upstream the request went to, if it did.
     pub upstream: Option<UpstreamRecord>,
     /// What the cache did (`X-Cache`), on routes that cache.
@@ -117,6 +121,32 @@ impl Refusal {
             Refusal::IntegrationFailure | Refusal::UpstreamBroke => "INTEGRATION_FAILURE",
             Refusal::IntegrationTimeout => "INTEGRATION_TIMEOUT",
             Refusal::ClientGone => "CLIENT_CLOSED",
+        }
+    }
+}
+
+impl Refusal {
+    /// The message of Weir's own answer (`$context.error.message`).
+    pub fn message(self, status: u16) -> &'static str {
+        match self {
+            Refusal::QuotaExceeded => "Limit Exceeded",
+            Refusal::PlainHttpOnTls => crate::http::write::PLAIN_HTTP_ON_TLS,
+            Refusal::ClientGone => "The client closed the connection",
+            Refusal::UpstreamBroke => "The upstream broke off its response",
+            Refusal::BadRequest(why) => why,
+            _ => crate::http::reason(status),
+        }
+    }
+
+    /// What went wrong with the integration, when that is why (`integrationErrorMessage`).
+    pub fn integration_error(self) -> Option<&'static str> {
+        match self {
+            Refusal::IntegrationFailure => {
+                Some("No target could be reached or answered with a valid response")
+            }
+            Refusal::IntegrationTimeout => Some("The target did not answer in time"),
+            Refusal::UpstreamBroke => Some("The target broke off its response"),
+            _ => None,
         }
     }
 }

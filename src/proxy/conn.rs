@@ -17,6 +17,7 @@ use monoio::time::{timeout_at, Instant};
 use super::exchange::Exchange;
 use crate::http::{parse_request, Reject, RequestHead, ResponseHead};
 use crate::net::read_more;
+use crate::observe::access_log::{format, AccessLog, Entry};
 use crate::observe::Refusal;
 use crate::worker::{Generation, Worker};
 
@@ -150,17 +151,20 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     /// The keep-alive loop: one iteration per request.
     pub(super) async fn run(&mut self) {
         loop {
-            let outcome = match self.read_head().await {
+            let read = self.read_head().await;
+            if let HeadRead::Closed = read {
+                return;
+            }
+            // The request runs on the generation serving now; a connection whose listener
+            // a reload removed closes instead (its client retries on a new connection).
+            let gen = self.worker.generation();
+            match gen.gateway.listener_at(self.listener_addr) {
+                Some(index) => self.listener = index,
+                None => return,
+            }
+            self.gen = gen;
+            let outcome = match read {
                 HeadRead::Ready => {
-                    // The request runs on the generation serving now; a connection whose
-                    // listener a reload removed closes instead (its client retries on a
-                    // new connection).
-                    let gen = self.worker.generation();
-                    match gen.gateway.listener_at(self.listener_addr) {
-                        Some(index) => self.listener = index,
-                        None => return,
-                    }
-                    self.gen = gen;
                     self.served += 1;
                     let in_flight = self.worker.request_started();
                     self.ex.begin(
@@ -174,7 +178,6 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     drop(in_flight);
                     outcome
                 }
-                HeadRead::Closed => return,
                 HeadRead::Rejected(reject) => {
                     self.ex
                         .begin_refused(&self.worker, &self.gen, self.listener);
@@ -185,7 +188,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     self.write_error(reject.status, refusal, None, true).await;
                     Outcome::Close
                 }
-                HeadRead::TimedOut => {
+                HeadRead::TimedOut | HeadRead::Closed => {
                     self.ex
                         .begin_refused(&self.worker, &self.gen, self.listener);
                     self.write_error(408, Refusal::Timeout, None, true).await;
@@ -204,10 +207,13 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         }
     }
 
-    /// The one end of every request: the record is complete and handed on (when anything
-    /// consumes records: the end time is the request's second clock reading).
+    /// The one end of every request: the record is completed and handed on (when anything
+    /// consumes records: the end time is the request's second clock reading), and the
+    /// access log's line written.
     pub(super) fn finish(&mut self) {
-        if crate::observe::consumed() {
+        let gen = self.gen.clone();
+        let log = gen.gateway.access_logs[self.listener].as_deref();
+        if crate::observe::consumed() || log.is_some() {
             let record = &mut self.ex.record;
             record.end = crate::clock::now();
             record.cache = self.ex.taken.cache.status;
@@ -216,9 +222,54 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 record.refusal = Some(Refusal::ClientGone);
             }
             crate::observe::emit(self.worker.id, record);
+            if let Some(log) = log {
+                self.log_line(log);
+            }
         }
         // What the request held in the cache (a fill it owned) is let go now.
         self.ex.taken.cache.reset();
+    }
+
+    /// The request's access log line, into this worker's batch.
+    fn log_line(&self, log: &AccessLog) {
+        let record = &self.ex.record;
+        if !log.spec.selects(record) {
+            return;
+        }
+        let mut batches = self.worker.log_batches.borrow_mut();
+        if !batches.sampled(log) {
+            return;
+        }
+        let config = &self.gen.gateway.config;
+        let route = record.route.map(|r| &config.routes[r as usize]);
+        let entry = Entry {
+            record: Some(record),
+            request_id: self.ex.request_id(),
+            ip: &self.client_ip[..self.client_ip_len],
+            method: self.ex.kept(0),
+            target: self.ex.kept(1),
+            protocol: if self.ex.facts.http10 {
+                b"HTTP/1.0"
+            } else {
+                b"HTTP/1.1"
+            },
+            user_agent: self.ex.kept(2),
+            referer: self.ex.kept(3),
+            stage: &config.listeners[self.listener].name,
+            route_path: route.map_or("", |r| r.path.as_str()),
+            route_has_methods: route.is_some_and(|r| r.methods.is_some()),
+            api_key_id: record
+                .api_key
+                .map_or("", |k| config.api_keys[k as usize].id.as_str()),
+            upstream: record.upstream.map_or("", |u| {
+                config.upstreams[u.group as usize].targets[u.target as usize]
+                    .authority
+                    .as_str()
+            }),
+            epoch_ms: record.start.wall_ms(),
+        };
+        let now = record.start.wall_secs();
+        batches.append(log, now, |out| format(out, &log.spec.format, &entry));
     }
 
     /// Reads until `buf` starts with a complete request head.

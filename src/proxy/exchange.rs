@@ -31,31 +31,22 @@ pub(super) struct RequestFacts {
 }
 
 /// The request in progress on a connection.
+#[derive(Default)]
 pub(super) struct Exchange {
     pub facts: RequestFacts,
     /// The request's one clock reading, taken when its head was complete.
     pub now: Now,
-    pub request_id: [u8; 200],
-    pub request_id_len: usize,
+    /// The request id, then (when the listener logs) the method, target, `User-Agent`
+    /// and `Referer` copied from the head: the access log's line is written after the
+    /// head's bytes are gone. Reused from request to request.
+    text: Vec<u8>,
+    /// Where each of those ends in `text`.
+    ends: [u32; 5],
     /// A `100 Continue` went to the client (an upstream's own 100 is then not relayed).
     pub sent_continue: bool,
     /// What the route's stages left for the response and the relay.
     pub taken: Taken,
     pub record: Record,
-}
-
-impl Default for Exchange {
-    fn default() -> Self {
-        Exchange {
-            facts: RequestFacts::default(),
-            now: Now::default(),
-            request_id: [0; 200],
-            request_id_len: 0,
-            sent_continue: false,
-            taken: Taken::default(),
-            record: Record::default(),
-        }
-    }
 }
 
 impl Exchange {
@@ -78,6 +69,9 @@ impl Exchange {
         self.sent_continue = false;
         self.taken.reset();
         self.new_request_id(worker, Some((buf, head)));
+        if gen.gateway.access_logs[listener].is_some() {
+            self.keep_for_log(buf, head);
+        }
         self.start_record(gen, listener);
         self.record.bytes_in = head.len as u64;
     }
@@ -102,22 +96,56 @@ impl Exchange {
 
     /// Uses the client's `X-Request-Id` when it sent a usable one, else makes one.
     pub fn new_request_id(&mut self, worker: &Worker, from: Option<(&[u8], &RequestHead)>) {
-        if let Some((buf, head)) = from {
-            if let Some(span) = head.request_id {
-                let v = span.of(buf);
-                self.request_id[..v.len()].copy_from_slice(v);
-                self.request_id_len = v.len();
-                return;
+        self.text.clear();
+        match from.and_then(|(buf, head)| Some(head.request_id?.of(buf))) {
+            Some(id) => self.text.extend_from_slice(id),
+            None => {
+                let mut id = [0u8; 32];
+                worker.next_request_id(&mut id);
+                self.text.extend_from_slice(&id);
             }
         }
-        let mut id = [0u8; 32];
-        worker.next_request_id(&mut id);
-        self.request_id[..32].copy_from_slice(&id);
-        self.request_id_len = 32;
+        let end = self.text.len() as u32;
+        self.ends = [end; 5];
     }
 
     pub fn request_id(&self) -> &[u8] {
-        &self.request_id[..self.request_id_len]
+        &self.text[..self.ends[0] as usize]
+    }
+
+    /// Copies what the access log needs of the head (after the request id).
+    pub fn keep_for_log(&mut self, buf: &[u8], head: &RequestHead) {
+        /// A target longer than this is logged cut (nginx logs it whole; a line per
+        /// request should not carry 64 KiB).
+        const MAX_TARGET: usize = 4096;
+        self.text.truncate(self.ends[0] as usize);
+        let mut user_agent: &[u8] = b"";
+        let mut referer: &[u8] = b"";
+        for h in &head.headers {
+            let name = h.name.of(buf);
+            if name.eq_ignore_ascii_case(b"user-agent") {
+                user_agent = h.value.of(buf);
+            } else if name.eq_ignore_ascii_case(b"referer") {
+                referer = h.value.of(buf);
+            }
+        }
+        let target = head.target.of(buf);
+        let parts = [
+            head.method.of(buf),
+            &target[..target.len().min(MAX_TARGET)],
+            &user_agent[..user_agent.len().min(MAX_TARGET)],
+            &referer[..referer.len().min(MAX_TARGET)],
+        ];
+        for (i, part) in parts.iter().enumerate() {
+            self.text.extend_from_slice(part);
+            self.ends[i + 1] = self.text.len() as u32;
+        }
+    }
+
+    /// The `i`th piece kept by [`Exchange::keep_for_log`]: method, target, user agent,
+    /// referer.
+    pub fn kept(&self, i: usize) -> &[u8] {
+        &self.text[self.ends[i] as usize..self.ends[i + 1] as usize]
     }
 }
 

@@ -48,10 +48,6 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(
     conn.release();
 }
 
-/// What a plain-HTTP request on a TLS port is told, as nginx's "The plain HTTP request
-/// was sent to HTTPS port".
-pub const PLAIN_HTTP_ON_TLS: &str = "This port expects HTTPS (TLS): use https://";
-
 /// Answers plain HTTP sent to a TLS port: 400 with a JSON message and `connection: close`,
 /// then a lingering close. The request is not parsed: the first byte (a letter, not a TLS
 /// record) is all the evidence there is, and the connection ends either way.

@@ -42,6 +42,8 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             extra: &self.ex.taken.headers,
         }
         .write(&mut self.out);
+        // The head is all `out` holds: each writer starts the head in an empty buffer.
+        self.ex.record.head_bytes = self.out.len() as u32;
     }
 
     /// Writes `out` to the client and clears it.
@@ -239,7 +241,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         if let Some(index) = self.gen.gateway.listener_at(self.listener_addr) {
             self.ex.record.listener = index as u32;
         }
-        let message = super::PLAIN_HTTP_ON_TLS;
+        let message = crate::http::write::PLAIN_HTTP_ON_TLS;
         self.write_error_saying(400, message, Refusal::PlainHttpOnTls, true, |_| {})
             .await;
         let sent = self.ex.record.bytes_out > 0;
@@ -342,7 +344,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             ubuf,
             response,
             &ForwardResponse {
-                request_id: &self.ex.request_id[..self.ex.request_id_len],
+                request_id: self.ex.request_id(),
                 close,
                 keep_alive_10: self.ex.facts.http10 && !close,
                 chunked: rechunk,
@@ -350,5 +352,6 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 cache: self.ex.taken.cache.status.map_or(&b""[..], |s| s.header()),
             },
         );
+        self.ex.record.head_bytes = self.out.len() as u32;
     }
 }

@@ -234,7 +234,7 @@ fn signals_an_nginx_user_sends_do_not_kill_weir_and_sigquit_drains() {
         );
     }
     assert!(
-        weir.log().contains("SIGUSR1: no log file to reopen"),
+        weir.log().contains("SIGUSR1: no access log file to reopen"),
         "{}",
         weir.log()
     );

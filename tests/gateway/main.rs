@@ -1,6 +1,7 @@
 //! Weir driven over real sockets: the built binary, a real backend, real clients.
 //! Each module is one area of behaviour; each test is named for the behaviour it checks.
 
+mod access_log;
 mod api_keys;
 mod cache;
 mod check;
