@@ -190,5 +190,59 @@ fn rewrite(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse, route, rewrite);
+/// One access log line from a request's record: the JSON line with every field (the
+/// default), and nginx's combined format.
+fn access_log(c: &mut Criterion) {
+    use weir::observe::access_log::{clf_time, format, Entry, Field, Format};
+    use weir::observe::{Record, UpstreamRecord};
+    let record = Record {
+        status: 200,
+        bytes_out: 1200,
+        head_bytes: 176,
+        upstream: Some(UpstreamRecord {
+            status: 200,
+            nanos: 2_000_000,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let entry = Entry {
+        record: Some(&record),
+        request_id: b"0d1c2b3a4f5e6d7c8b9a0f1e2d3c4b5a",
+        ip: b"192.0.2.7",
+        method: b"GET",
+        target: b"/api/users/42?fields=name,email",
+        protocol: b"HTTP/1.1",
+        user_agent: b"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko)",
+        referer: b"https://example.com/app",
+        stage: "public",
+        route_path: "/api/users/{id}",
+        route_has_methods: true,
+        api_key_id: "alice",
+        upstream: "10.0.0.7:8080",
+        epoch_ms: 1_796_333_885_123,
+        time: clf_time(1_796_333_885),
+    };
+    let json = Format::Json(Field::ALL.iter().map(|(f, _)| *f).collect());
+    let mut g = c.benchmark_group("access_log");
+    g.throughput(Throughput::Elements(1));
+    let mut out = Vec::with_capacity(64 * 1024);
+    g.bench_function("json_line", |b| {
+        b.iter(|| {
+            out.clear();
+            format(&mut out, &json, black_box(&entry));
+            out.len()
+        })
+    });
+    g.bench_function("combined_line", |b| {
+        b.iter(|| {
+            out.clear();
+            format(&mut out, &Format::Clf, black_box(&entry));
+            out.len()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, parse, route, rewrite, access_log);
 criterion_main!(benches);

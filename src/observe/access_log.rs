@@ -110,12 +110,39 @@ impl Field {
     }
 
     pub fn name(self) -> &'static str {
-        Field::ALL
-            .iter()
-            .find(|(f, _)| *f == self)
-            .map_or("", |(_, n)| n)
+        Field::ALL[self as usize].1
+    }
+
+    /// `"name":`, as a JSON line writes it.
+    fn key(self) -> &'static [u8] {
+        KEYS[self as usize].as_bytes()
     }
 }
+
+/// Each field's `"name":`, in [`Field::ALL`]'s order (the enum's).
+const KEYS: [&str; 21] = [
+    "\"requestId\":",
+    "\"ip\":",
+    "\"requestTime\":",
+    "\"requestTimeEpoch\":",
+    "\"httpMethod\":",
+    "\"routeKey\":",
+    "\"path\":",
+    "\"status\":",
+    "\"protocol\":",
+    "\"responseLength\":",
+    "\"responseLatency\":",
+    "\"integrationLatency\":",
+    "\"integrationStatus\":",
+    "\"integrationErrorMessage\":",
+    "\"error.message\":",
+    "\"error.responseType\":",
+    "\"apiKeyId\":",
+    "\"stage\":",
+    "\"userAgent\":",
+    "\"cacheStatus\":",
+    "\"upstream\":",
+];
 
 /// A line's format.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,6 +205,8 @@ pub struct Entry<'a> {
     pub upstream: &'a str,
     /// The request's start, in Unix milliseconds.
     pub epoch_ms: u64,
+    /// The same second as `03/Dec/2026:21:38:05 +0000` ([`Batches::time`] keeps it).
+    pub time: [u8; 26],
 }
 
 /// Appends the line for `e` (with its newline).
@@ -192,21 +221,20 @@ pub fn format(out: &mut Vec<u8>, fmt: &Format, e: &Entry) {
 fn json_line(out: &mut Vec<u8>, fields: &[Field], e: &Entry) {
     let default = Record::default();
     let r = e.record.unwrap_or(&default);
+    out.reserve(1024);
     out.push(b'{');
     for (i, &field) in fields.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        out.push(b'"');
-        out.extend_from_slice(field.name().as_bytes());
-        out.extend_from_slice(b"\":");
+        out.extend_from_slice(field.key());
         let upstream = r.upstream;
         match field {
             Field::RequestId => json_str(out, e.request_id),
             Field::Ip => json_str(out, e.ip),
             Field::RequestTime => {
                 out.push(b'"');
-                clf_time(out, e.epoch_ms / 1000);
+                out.extend_from_slice(&e.time);
                 out.push(b'"');
             }
             Field::RequestTimeEpoch => push_u64(out, e.epoch_ms),
@@ -278,7 +306,7 @@ fn clf_line(out: &mut Vec<u8>, e: &Entry) {
     let r = e.record.unwrap_or(&default);
     clf_str(out, e.ip);
     out.extend_from_slice(b" - - [");
-    clf_time(out, e.epoch_ms / 1000);
+    out.extend_from_slice(&e.time);
     out.extend_from_slice(b"] \"");
     if !e.method.is_empty() {
         clf_str(out, e.method);
@@ -322,22 +350,46 @@ fn json_str(out: &mut Vec<u8>, s: &[u8]) {
 }
 
 /// Escapes for a JSON string: quote, backslash, control bytes, and every byte above
-/// ASCII (a header value need not be UTF-8; `\u00XX` keeps the line valid JSON).
+/// ASCII (a header value need not be UTF-8; `\u00XX` keeps the line valid JSON). Runs of
+/// bytes that need nothing are copied at once.
 fn json_escape(out: &mut Vec<u8>, s: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for &b in s {
+    let mut rest = s;
+    while !rest.is_empty() {
+        let plain = rest
+            .iter()
+            .position(|&b| !JSON_PLAIN[usize::from(b)])
+            .unwrap_or(rest.len());
+        out.extend_from_slice(&rest[..plain]);
+        let Some(&b) = rest.get(plain) else {
+            return;
+        };
         match b {
             b'"' => out.extend_from_slice(b"\\\""),
             b'\\' => out.extend_from_slice(b"\\\\"),
-            0x20..=0x7e => out.push(b),
-            _ => {
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[usize::from(b >> 4)]);
-                out.push(HEX[usize::from(b & 0xf)]);
-            }
+            _ => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]),
         }
+        rest = &rest[plain + 1..];
     }
 }
+
+/// Bytes a JSON string holds as they are: printable ASCII but `"` and `\`.
+static JSON_PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0x20;
+    while b < 0x7f {
+        t[b] = b != b'"' as usize && b != b'\\' as usize;
+        b += 1;
+    }
+    t
+};
 
 /// As nginx escapes variables in its log: `"`, `\` and bytes outside printable ASCII as
 /// `\xXX`. Empty is `-`, as nginx writes it.
@@ -360,29 +412,27 @@ fn clf_str(out: &mut Vec<u8>, s: &[u8]) {
 }
 
 /// `03/Dec/2026:21:38:05 +0000` (nginx's `$time_local` in UTC; API Gateway's `requestTime`).
-fn clf_time(out: &mut Vec<u8>, secs: u64) {
+pub fn clf_time(secs: u64) -> [u8; 26] {
     const MONTHS: [&[u8; 3]; 12] = [
         b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
         b"Dec",
     ];
     let (year, month, day) = crate::calendar::civil_from_days((secs / 86400) as i64);
     let rem = secs % 86400;
-    let two = |out: &mut Vec<u8>, n: u64| {
-        out.push(b'0' + (n / 10 % 10) as u8);
-        out.push(b'0' + (n % 10) as u8);
+    let mut t = *b"00/Jan/0000:00:00:00 +0000";
+    let two = |t: &mut [u8], n: u64| {
+        t[0] = b'0' + (n / 10 % 10) as u8;
+        t[1] = b'0' + (n % 10) as u8;
     };
-    two(out, u64::from(day));
-    out.push(b'/');
-    out.extend_from_slice(MONTHS[(month as usize).clamp(1, 12) - 1]);
-    out.push(b'/');
-    push_u64(out, year as u64);
-    out.push(b':');
-    two(out, rem / 3600);
-    out.push(b':');
-    two(out, rem % 3600 / 60);
-    out.push(b':');
-    two(out, rem % 60);
-    out.extend_from_slice(b" +0000");
+    two(&mut t[0..2], u64::from(day));
+    t[3..6].copy_from_slice(MONTHS[(month as usize).clamp(1, 12) - 1]);
+    let year = year.clamp(0, 9999) as u64;
+    two(&mut t[7..9], year / 100);
+    two(&mut t[9..11], year % 100);
+    two(&mut t[12..14], rem / 3600);
+    two(&mut t[15..17], rem % 3600 / 60);
+    two(&mut t[18..20], rem % 60);
+    t
 }
 
 /// A batch of lines and how many records it holds.
@@ -404,9 +454,19 @@ pub struct AccessLog {
 pub struct Batches {
     open: Vec<(Arc<Writer>, Batch)>,
     selected: u64,
+    /// The last second formatted by [`Batches::time`], and its text.
+    time: (u64, [u8; 26]),
 }
 
 impl Batches {
+    /// `secs` as [`clf_time`] writes it, formatted once per second.
+    pub fn time(&mut self, secs: u64) -> [u8; 26] {
+        if self.time.0 != secs || self.time.1[0] == 0 {
+            self.time = (secs, clf_time(secs));
+        }
+        self.time.1
+    }
+
     /// Whether the next request `log` selects is one to log (one in `sample`).
     pub fn sampled(&mut self, log: &AccessLog) -> bool {
         if log.spec.sample <= 1 {
@@ -645,6 +705,7 @@ mod tests {
             api_key_id: "alice",
             upstream: "10.0.0.1:8080",
             epoch_ms: 1_764_797_885_123,
+            time: clf_time(1_764_797_885),
         }
     }
 
@@ -745,6 +806,14 @@ mod tests {
             w.submit(batch, 1);
         }
         assert_eq!(w.dropped(), 20);
+    }
+
+    #[test]
+    fn every_field_is_in_its_place_in_the_tables() {
+        for (i, (field, name)) in Field::ALL.iter().enumerate() {
+            assert_eq!(*field as usize, i);
+            assert_eq!(KEYS[i], format!("\"{name}\":"));
+        }
     }
 
     #[test]

@@ -267,6 +267,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     .as_str()
             }),
             epoch_ms: record.start.wall_ms(),
+            time: batches.time(record.start.wall_secs()),
         };
         let now = record.start.wall_secs();
         batches.append(log, now, |out| format(out, &log.spec.format, &entry));
