@@ -29,6 +29,7 @@ pub mod http;
 pub mod limit;
 pub mod log;
 pub mod net;
+pub mod notify;
 pub mod observe;
 pub mod proxy;
 pub mod quota;

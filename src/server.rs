@@ -1,7 +1,8 @@
 //! Start-up, reload and shutdown: binds the listeners, starts one pinned worker thread
 //! per core with its own runtime and its own SO_REUSEPORT socket per listener, reports
-//! what runs, reloads the config into a new generation ([`Control::reload`]), and turns
-//! SIGTERM/SIGINT/SIGQUIT into a graceful drain.
+//! what runs, reloads the config into a new generation ([`Control::reload`], which tells a
+//! service manager when it starts and ends), and turns SIGTERM/SIGINT/SIGQUIT into a
+//! graceful drain.
 //!
 //! Must not: do any request work. Everything that can fail at start (bind, ring set-up)
 //! fails here, before the first connection, as a one-line error; everything that can fail
@@ -129,28 +130,36 @@ impl Control {
     /// state that outlives generations, with new listeners bound; then published to the
     /// workers. On any error nothing changes. Ok: lines saying what serves now;
     /// Err: every error. Both are logged here.
+    ///
+    /// A service manager that asked for the reload (systemd's `Type=notify-reload`) is
+    /// told when it starts and when it ends, failed or not: either way the gateway serves.
     pub fn reload(&self) -> ReloadResult {
         let _one = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        crate::notify::reloading();
         let old = self.published.current();
         let result = self.build_next(&old);
-        match &result {
+        let status = match &result {
             Ok(lines) => {
                 for line in lines {
                     crate::info!("{line}");
                 }
+                format!("serving generation {}", self.published.current().generation)
             }
             Err(errors) => {
                 for e in errors {
                     crate::error!("reload: {e}");
                 }
-                crate::error!(
-                    "reload: kept generation {} ({} error{})",
+                let kept = format!(
+                    "kept generation {} ({} error{})",
                     old.generation,
                     errors.len(),
                     if errors.len() == 1 { "" } else { "s" }
                 );
+                crate::error!("reload: {kept}");
+                format!("reload failed: {kept}")
             }
-        }
+        };
+        crate::notify::reloaded(&status);
         result
     }
 
