@@ -31,6 +31,7 @@ pub mod log;
 pub mod net;
 pub mod notify;
 pub mod observe;
+pub mod privileges;
 pub mod proxy;
 pub mod quota;
 pub mod registry;

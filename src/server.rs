@@ -1,8 +1,8 @@
-//! Start-up, reload and shutdown: binds the listeners, starts one pinned worker thread
-//! per core with its own runtime and its own SO_REUSEPORT socket per listener, reports
-//! what runs, reloads the config into a new generation ([`Control::reload`], which tells a
-//! service manager when it starts and ends), and turns SIGTERM/SIGINT/SIGQUIT into a
-//! graceful drain.
+//! Start-up, reload and shutdown: binds the listeners, drops to `[server] user` if set,
+//! starts one pinned worker thread per core with its own runtime and its own SO_REUSEPORT
+//! socket per listener, reports what runs, reloads the config into a new generation
+//! ([`Control::reload`], which tells a service manager when it starts and ends), and turns
+//! SIGTERM/SIGINT/SIGQUIT into a graceful drain.
 //!
 //! Must not: do any request work. Everything that can fail at start (bind, ring set-up)
 //! fails here, before the first connection, as a one-line error; everything that can fail
@@ -172,11 +172,12 @@ impl Control {
             || config.server.ring != old.config.server.ring
             || config.server.ring_entries != old.config.server.ring_entries
             || config.server.pin != old.config.server.pin
+            || config.server.user != old.config.server.user
             || config.cache_memory != old.config.cache_memory
         {
             notes.push(
-                "reload: [server] workers, io, ring, ring_entries, pin and [cache] memory \
-                 take effect at the next start"
+                "reload: [server] workers, io, ring, ring_entries, pin, user and [cache] \
+                 memory take effect at the next start"
                     .to_string(),
             );
         }
@@ -366,6 +367,21 @@ pub fn start(config: Config, path: &Path) -> Result<Running, String> {
         });
     }
 
+    // Binding was the one thing that may need root. Drop to `user` now, before any
+    // thread of ours exists (in `weir run`, the main thread is the only one): everything
+    // after (certificates, the quota store, the workers) runs as the user that serves.
+    if let Some(user) = &config.server.user {
+        if crate::privileges::drop_to(user)? {
+            still_loads(path, &user.name)?;
+            crate::info!(
+                "listeners bound; serving as user `{}` (uid {}, gid {})",
+                user.name,
+                user.uid,
+                user.gid
+            );
+        }
+    }
+
     let registry = Registry::new()?;
     let cache_bus = Arc::new(crate::cache::Bus::new(workers));
     let mut state = registry.next();
@@ -439,6 +455,20 @@ pub fn start(config: Config, path: &Path) -> Result<Running, String> {
             quota_path,
             reloading: Mutex::new(()),
         }),
+    })
+}
+
+/// Loads the config again, as the user the process just dropped to. Start-up read it as
+/// root; every reload reads it (the file, the keys file, the certificates) as `user`. A
+/// file only root can read would pass start-up and fail every reload: fail now instead.
+fn still_loads(path: &Path, user: &str) -> Result<(), String> {
+    crate::config::load(path).map(drop).map_err(|errors| {
+        let all: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+        format!(
+            "after dropping to user `{user}`, the config no longer loads: {}; every file \
+             Weir reads must be readable by `{user}`, since reloads read them as `{user}`",
+            all.join("; ")
+        )
     })
 }
 

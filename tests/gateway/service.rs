@@ -1,10 +1,14 @@
 //! Running as a service: the systemd notify protocol over a real Unix datagram socket
-//! (ready, reloading, ready again, stopping).
+//! (ready, reloading, ready again, stopping), and `[server] user` (refused by `weir check`
+//! when the system has no such user; dropped to after binding when started as root).
 
 use std::collections::HashMap;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
 use crate::support::*;
 
@@ -187,4 +191,180 @@ fn a_notify_socket_that_is_gone_is_one_warning_and_weir_serves_on() {
         weir.log()
     );
     assert_eq!(try_get(weir.addr(), "/", "").unwrap().status, 200);
+}
+
+// ---------------------------------------------------------------------------------------
+// [server] user
+// ---------------------------------------------------------------------------------------
+
+/// A config whose `[server]` serves as `user`.
+fn as_user(user: &str) -> String {
+    format!(
+        "[server]\nworkers = 2\nio = \"{}\"\nuser = \"{user}\"\n\n{MOCK}",
+        test_io()
+    )
+}
+
+/// Runs `weir run` on `config` until it exits (it must, within the patience), as `uid`
+/// when given: (exit code, stderr).
+fn run_until_exit(config: &TempFile, uid: Option<u32>) -> (Option<i32>, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_weir"));
+    command
+        .args(["run", "-c"])
+        .arg(&config.path)
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(uid) = uid {
+        command.uid(uid).gid(uid);
+    }
+    let mut child = command.spawn().unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            return (out.status.code(), err);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    (None, "still running".into())
+}
+
+fn is_root() -> bool {
+    // SAFETY: reads the process's effective uid.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `nobody`, as the system knows it.
+fn nobody() -> weir::config::User {
+    weir::privileges::lookup("nobody")
+        .unwrap()
+        .expect("a user `nobody`")
+}
+
+#[test]
+fn check_refuses_an_unknown_user_with_its_line() {
+    let file = TempFile::new("toml", as_user("weir-no-such-user").as_bytes());
+    let (code, _, err) = weir(&["check", "-c", file.path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    let at = format!("{}:4:8: ", file.path.display());
+    assert!(
+        err.contains(&format!(
+            "{at}user = \"weir-no-such-user\": this system has no such user"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("useradd --system"), "{err}");
+
+    let empty = check_fails(&as_user(""));
+    assert!(
+        empty.contains(":4:8: user = \"\": write a user name"),
+        "{empty}"
+    );
+}
+
+#[test]
+fn serves_as_the_user_it_was_started_as() {
+    let Ok(out) = Command::new("id").arg("-un").output() else {
+        eprintln!("skipped: no `id` command");
+        return;
+    };
+    let me = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || me.is_empty() {
+        eprintln!("skipped: the current uid has no user name");
+        return;
+    }
+    check_passes(&as_user(&me));
+    let weir = Weir::start(&as_user(&me));
+    assert_eq!(try_get(weir.addr(), "/", "").unwrap().body_text(), "up");
+    // Nothing to drop: no line says it did.
+    assert!(!weir.log().contains("serving as user"), "{}", weir.log());
+}
+
+#[test]
+fn a_user_that_is_not_root_cannot_become_another() {
+    // As root, the test runs Weir as `nobody` to be that user; otherwise it is one.
+    let (uid, other) = if is_root() {
+        (Some(nobody().uid), "root")
+    } else {
+        (None, "root")
+    };
+    let config = TempFile::new("toml", as_user(other).as_bytes());
+    let (code, err) = run_until_exit(&config, uid);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("ERROR [server] user = \"root\""), "{err}");
+    assert!(
+        err.contains("not root, so it cannot become `root`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn started_as_root_it_binds_then_serves_as_nobody() {
+    if !is_root() {
+        eprintln!("skipped: dropping to `nobody` needs the tests to run as root");
+        return;
+    }
+    let nobody = nobody();
+    let mut weir = Weir::start(&as_user("nobody"));
+    assert_eq!(try_get(weir.addr(), "/", "").unwrap().body_text(), "up");
+    assert!(
+        weir.log().contains(&format!(
+            "serving as user `nobody` (uid {}, gid {})",
+            nobody.uid, nobody.gid
+        )),
+        "{}",
+        weir.log()
+    );
+
+    // Every thread (the main one, each worker, the control socket's) is nobody, with no
+    // supplementary group: real, effective, saved and file-system ids alike.
+    let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{}/task", weir.pid()))
+        .unwrap()
+        .map(|t| t.unwrap().path())
+        .collect();
+    assert!(tasks.len() >= 3, "main, 2 workers: {tasks:?}");
+    for task in tasks {
+        let status = std::fs::read_to_string(task.join("status")).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in {status}"))
+                .split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(field("Uid:"), vec![nobody.uid.to_string(); 4], "{status}");
+        assert_eq!(field("Gid:"), vec![nobody.gid.to_string(); 4], "{status}");
+        assert!(field("Groups:").is_empty(), "{status}");
+    }
+
+    // Reloads run as nobody too, and still work; so does the drain.
+    weir.sighup_and_wait(2);
+    assert_eq!(try_get(weir.addr(), "/", "").unwrap().status, 200);
+    weir.signal(libc::SIGTERM);
+    assert_eq!(weir.wait_exit(PATIENCE), Some(0), "{}", weir.log());
+}
+
+#[test]
+fn a_config_only_root_can_read_fails_the_start_rather_than_every_reload() {
+    if !is_root() {
+        eprintln!("skipped: dropping to `nobody` needs the tests to run as root");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let config = TempFile::new("toml", as_user("nobody").as_bytes());
+    std::fs::set_permissions(&config.path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, err) = run_until_exit(&config, None);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("after dropping to user `nobody`, the config no longer loads"),
+        "{err}"
+    );
+    assert!(err.contains("Permission denied"), "{err}");
 }
