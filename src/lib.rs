@@ -15,7 +15,9 @@
 //! [`config`] reads and checks the file; [`gateway`] compiles it into one generation that
 //! workers share, with state from the [`registry`] that outlives generations. A reload
 //! ([`server::Control::reload`], reached by SIGHUP or through [`control`]) publishes a new
-//! generation; each request runs on the one that served when it started.
+//! generation; each request runs on the one that served when it started. Around them,
+//! [`privileges`] drops root once the listeners are bound, and [`notify`] tells a service
+//! manager when the gateway is ready, reloading or stopping.
 
 pub mod accept;
 pub mod auth;
@@ -29,7 +31,9 @@ pub mod http;
 pub mod limit;
 pub mod log;
 pub mod net;
+pub mod notify;
 pub mod observe;
+pub mod privileges;
 pub mod proxy;
 pub mod quota;
 pub mod registry;

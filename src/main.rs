@@ -450,6 +450,13 @@ fn run(path: PathBuf) -> ExitCode {
     if let Err(e) = weir::control::serve(socket.clone(), control.clone()) {
         warn!("{e}: `weir reload` cannot reach this gateway; SIGHUP still reloads");
     }
+    // Every listener is bound and every worker serves: a service manager waiting for
+    // readiness (systemd's Type=notify) may start what depends on Weir.
+    let n = running.listeners.len();
+    weir::notify::ready(&format!(
+        "serving {n} {}",
+        plural(n, "listener", "listeners")
+    ));
 
     let is_stop = |sig: i32| matches!(sig, SIGTERM | SIGINT | SIGQUIT);
     let first = signals.forever().find(|&sig| {
@@ -487,6 +494,7 @@ fn run(path: PathBuf) -> ExitCode {
         first.map_or("a signal", signal_name),
         drain
     );
+    weir::notify::stopping();
     running.shutdown_flag().store(true, Ordering::Relaxed);
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().find(|&sig| is_stop(sig)) {

@@ -1,6 +1,7 @@
-//! Start-up, reload and shutdown: binds the listeners, starts one pinned worker thread
-//! per core with its own runtime and its own SO_REUSEPORT socket per listener, reports
-//! what runs, reloads the config into a new generation ([`Control::reload`]), and turns
+//! Start-up, reload and shutdown: binds the listeners, drops to `[server] user` if set,
+//! starts one pinned worker thread per core with its own runtime and its own SO_REUSEPORT
+//! socket per listener, reports what runs, reloads the config into a new generation
+//! ([`Control::reload`], which tells a service manager when it starts and ends), and turns
 //! SIGTERM/SIGINT/SIGQUIT into a graceful drain.
 //!
 //! Must not: do any request work. Everything that can fail at start (bind, ring set-up)
@@ -143,29 +144,37 @@ impl Control {
     /// state that outlives generations, with new listeners bound; then published to the
     /// workers. On any error nothing changes. Ok: lines saying what serves now;
     /// Err: every error. Both are logged here.
+    ///
+    /// A service manager that asked for the reload (systemd's `Type=notify-reload`) is
+    /// told when it starts and when it ends, failed or not: either way the gateway serves.
     pub fn reload(&self) -> ReloadResult {
         let _one = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        crate::notify::reloading();
         self.reopen_logs();
         let old = self.published.current();
         let result = self.build_next(&old);
-        match &result {
+        let status = match &result {
             Ok(lines) => {
                 for line in lines {
                     crate::info!("{line}");
                 }
+                format!("serving generation {}", self.published.current().generation)
             }
             Err(errors) => {
                 for e in errors {
                     crate::error!("reload: {e}");
                 }
-                crate::error!(
-                    "reload: kept generation {} ({} error{})",
+                let kept = format!(
+                    "kept generation {} ({} error{})",
                     old.generation,
                     errors.len(),
                     if errors.len() == 1 { "" } else { "s" }
                 );
+                crate::error!("reload: {kept}");
+                format!("reload failed: {kept}")
             }
-        }
+        };
+        crate::notify::reloaded(&status);
         result
     }
 
@@ -178,11 +187,12 @@ impl Control {
             || config.server.ring != old.config.server.ring
             || config.server.ring_entries != old.config.server.ring_entries
             || config.server.pin != old.config.server.pin
+            || config.server.user != old.config.server.user
             || config.cache_memory != old.config.cache_memory
         {
             notes.push(
-                "reload: [server] workers, io, ring, ring_entries, pin and [cache] memory \
-                 take effect at the next start"
+                "reload: [server] workers, io, ring, ring_entries, pin, user and [cache] \
+                 memory take effect at the next start"
                     .to_string(),
             );
         }
@@ -372,6 +382,21 @@ pub fn start(config: Config, path: &Path) -> Result<Running, String> {
         });
     }
 
+    // Binding was the one thing that may need root. Drop to `user` now, before any
+    // thread of ours exists (in `weir run`, the main thread is the only one): everything
+    // after (certificates, the quota store, the workers) runs as the user that serves.
+    if let Some(user) = &config.server.user {
+        if crate::privileges::drop_to(user)? {
+            still_loads(path, &user.name)?;
+            crate::info!(
+                "listeners bound; serving as user `{}` (uid {}, gid {})",
+                user.name,
+                user.uid,
+                user.gid
+            );
+        }
+    }
+
     let registry = Registry::new()?;
     let cache_bus = Arc::new(crate::cache::Bus::new(workers));
     let mut state = registry.next();
@@ -445,6 +470,20 @@ pub fn start(config: Config, path: &Path) -> Result<Running, String> {
             quota_path,
             reloading: Mutex::new(()),
         }),
+    })
+}
+
+/// Loads the config again, as the user the process just dropped to. Start-up read it as
+/// root; every reload reads it (the file, the keys file, the certificates) as `user`. A
+/// file only root can read would pass start-up and fail every reload: fail now instead.
+fn still_loads(path: &Path, user: &str) -> Result<(), String> {
+    crate::config::load(path).map(drop).map_err(|errors| {
+        let all: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+        format!(
+            "after dropping to user `{user}`, the config no longer loads: {}; every file \
+             Weir reads must be readable by `{user}`, since reloads read them as `{user}`",
+            all.join("; ")
+        )
     })
 }
 

@@ -50,7 +50,7 @@ pub use self::limits::Throttle;
 pub use self::listener::{CertificateSettings, ClientAuth, Listener, TlsSettings};
 pub use self::log::{AccessLogSpec, Destination, Field, Format, ListenerLog, Only};
 pub use self::route::{HostPattern, HostRewrite, HttpIntegration, Integration, Mock, Route};
-pub use self::server::{HttpLimits, IoDriver, RingMode, Server, Workers};
+pub use self::server::{HttpLimits, IoDriver, RingMode, Server, User, Workers};
 pub use self::upstream::{Balance, Target, Upstream, UpstreamTls};
 pub use self::values::{is_host_byte, is_tchar, parse_duration, parse_size, Dur, Size};
 

@@ -2,9 +2,12 @@
 //! applied to every client connection.
 //!
 //! Owns: [`Server`], [`Workers`], [`IoDriver`], [`RingMode`], [`HttpLimits`], their file
-//! form (`ServerFile`, `HttpFile`, `WorkersFile`) and their checks.
+//! form (`ServerFile`, `HttpFile`, `WorkersFile`) and their checks. [`User`] is owned by
+//! `privileges`, and re-exported here.
 //!
-//! Must not: do any I/O, or be consulted on the request path in its file form.
+//! Must not: do any I/O but looking `user` up in the system's user database (through
+//! [`crate::privileges::lookup`], once, at load, so `weir check` refuses a user that does
+//! not exist), or be consulted on the request path in its file form.
 
 use std::fmt;
 use std::time::Duration;
@@ -16,6 +19,7 @@ use toml::Spanned;
 use super::errors::{span_of, Checker};
 use super::values::{body_limit, Dur, Size};
 pub use crate::http::HttpLimits;
+pub use crate::privileges::User;
 
 // ---------------------------------------------------------------------------------------
 // The resolved settings used by the rest of Weir.
@@ -29,6 +33,9 @@ pub struct Server {
     pub ring: RingMode,
     pub ring_entries: u32,
     pub drain_timeout: Duration,
+    /// Who serves: the process drops to this user once its listeners are bound. `None`:
+    /// the user Weir was started as.
+    pub user: Option<User>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +90,10 @@ pub(super) struct ServerFile {
     ring_entries: Option<Spanned<u32>>,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT. Default 30s.
     drain_timeout: Option<Dur>,
+    /// The user to serve as: started as root, Weir binds every listener, then drops to
+    /// this user (and its group, with no supplementary groups) before any worker starts.
+    /// Like nginx `user`. Default: stay the user Weir was started as.
+    user: Option<Spanned<String>>,
 }
 
 /// `[http]`: limits and timeouts applied to every client connection.
@@ -164,6 +175,7 @@ pub(super) fn resolve_server(raw: Option<Spanned<ServerFile>>, ck: &mut Checker)
             format!("ring_entries = {ring_entries}: use a power of two from 256 to 32768"),
         );
     }
+    let user = s.user.as_ref().and_then(|u| resolve_user(u, ck));
     Server {
         workers,
         pin: s.pin.unwrap_or(true),
@@ -171,6 +183,41 @@ pub(super) fn resolve_server(raw: Option<Spanned<ServerFile>>, ck: &mut Checker)
         ring: s.ring.unwrap_or(RingMode::Auto),
         ring_entries,
         drain_timeout: s.drain_timeout.map_or(Duration::from_secs(30), |d| d.0),
+        user,
+    }
+}
+
+/// `user = "NAME"`: the user, if the system has it.
+fn resolve_user(written: &Spanned<String>, ck: &mut Checker) -> Option<User> {
+    let name = written.get_ref();
+    if name.is_empty() {
+        ck.error(
+            written.span(),
+            "user = \"\": write a user name, like \"weir\", or leave `user` out to serve as \
+             the user Weir is started as",
+        );
+        return None;
+    }
+    match crate::privileges::lookup(name) {
+        Ok(Some(user)) => Some(user),
+        Ok(None) => {
+            ck.error(
+                written.span(),
+                format!(
+                    "user = \"{name}\": this system has no such user: create it (`useradd \
+                     --system --no-create-home --shell /usr/sbin/nologin {name}`), or write \
+                     the name of an existing one"
+                ),
+            );
+            None
+        }
+        Err(e) => {
+            ck.error(
+                written.span(),
+                format!("user = \"{name}\": cannot look it up: {e}"),
+            );
+            None
+        }
     }
 }
 

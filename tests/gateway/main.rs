@@ -12,6 +12,7 @@ mod proxying;
 mod quotas;
 mod reload;
 mod routing;
+mod service;
 mod smuggling;
 mod support;
 mod throttling;

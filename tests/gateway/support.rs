@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
 /// I/O driver for gateways started by tests: `WEIR_TEST_IO` or "auto".
-fn test_io() -> String {
+pub fn test_io() -> String {
     std::env::var("WEIR_TEST_IO").unwrap_or_else(|_| "auto".into())
 }
 
 /// The `[server]` section [`Weir::start`] adds to a config that has none (2 workers).
-fn server_prefix(config: &str) -> String {
+pub fn server_prefix(config: &str) -> String {
     if config.contains("[server]") {
         String::new()
     } else {
@@ -68,6 +68,8 @@ impl Weir {
         let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(["run", "-c"])
             .arg(&file.path)
+            // Weir speaks to a service manager named there: not the one running the tests.
+            .env_remove("NOTIFY_SOCKET")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
