@@ -2,8 +2,9 @@
 //!
 //! A Unix stream socket, private to the user running Weir (mode 0600), at a path derived
 //! from the config file's absolute path, so that the command needs nothing but the file
-//! to find its gateway. One command per connection: the client writes a line (`reload`),
-//! the gateway answers `ok` or `error` on the first line, then what happened, then closes.
+//! to find its gateway. One command per connection: the client writes a line (`reload`,
+//! or `purge` followed by route names, each after a tab), the gateway answers `ok` or
+//! `error` on the first line, then what happened, then closes.
 //!
 //! Owns: the socket's path, its thread, and the wire format. Must not: do the work
 //! itself (it calls [`crate::server::Control`]) or run on a worker.
@@ -64,7 +65,15 @@ fn answer(stream: UnixStream, control: &Control) {
     if reader.read_line(&mut line).is_err() {
         return;
     }
-    let (ok, lines) = match line.trim() {
+    let line = line.trim_end_matches(['\r', '\n']);
+    let mut words = line.split('\t');
+    let (ok, lines) = match words.next().unwrap_or("") {
+        "purge" => {
+            let routes: Vec<String> = words.map(str::to_string).collect();
+            let lines = control.purge_cache(&routes);
+            let ok = !lines.iter().any(|l| l.starts_with("no route"));
+            (ok, lines)
+        }
         "reload" => match control.reload() {
             Ok(lines) => (true, lines),
             Err(errors) => {

@@ -27,9 +27,9 @@ USAGE:
                           say what changed (or every error: then nothing changed)
     weir usage -c FILE [KEY]
                           print each API key's quota use in the current period
-    weir purge --pid PID [ROUTE...]
-                          purge the response cache of the running gateway PID: the
-                          named routes (by `name`), or everything
+    weir purge -c FILE [ROUTE...]
+                          purge the response cache of the gateway running with FILE:
+                          the named routes (by `name`), or everything
     weir --version        print the version
     weir --help           print this help; `weir COMMAND --help` for one command
 
@@ -42,7 +42,7 @@ SIGNALS:
     SIGHUP                reload the whole config, as `weir reload`; on an error keep the
                           config that serves and log every error
     SIGUSR1               reopen access log files (logrotate's postrotate)
-    SIGUSR2               purge the response cache (the routes `weir purge` asked for, or all)
+    SIGUSR2               purge the whole response cache
     SIGWINCH              ignored (nginx stops daemon workers with it; Weir has none)
 
 The config format is described in docs/config.md.";
@@ -88,10 +88,12 @@ Prints each API key's quota use in the current period, read from the quota store
 config FILE (also --config FILE); only KEY's rows when a key id is given.";
 
 const PURGE_HELP: &str = "\
-weir purge --pid PID [ROUTE...]
+weir purge -c FILE [ROUTE...]
 
-Purges the response cache of the running gateway PID on every worker: the routes named
-ROUTE (by their `name`), or everything when no route is named. Sends SIGUSR2.";
+Purges the response cache of the gateway running with the config FILE (also --config
+FILE), on every worker: the routes named ROUTE (by their `name`), or everything when no
+route is named. It talks to the gateway through its control socket, as `weir reload`;
+exit 1 if a named route does not exist (the others are purged).";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -116,9 +118,9 @@ fn main() -> ExitCode {
             Some(Ok(path)) => usage(path, args.get(3).map(String::as_str)),
             _ => fail("expected `weir usage -c FILE [KEY]`"),
         },
-        Some("purge") => match (args.get(1).map(String::as_str), args.get(2)) {
-            (Some("--pid"), Some(pid)) => purge(pid, &args[3..]),
-            _ => fail("expected `weir purge --pid PID [ROUTE...]`"),
+        Some("purge") => match args.get(1..3).map(config_path) {
+            Some(Ok(path)) => purge(&path, &args[3..]),
+            _ => fail("expected `weir purge -c FILE [ROUTE...]`"),
         },
         Some(cmd @ ("run" | "check" | "routes" | "reload")) => match config_path(&args[1..]) {
             Ok(path) if cmd == "run" => run(path),
@@ -148,30 +150,29 @@ fn help(text: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Where `weir purge` leaves the route names for process `pid` before signalling it.
-fn purge_request_path(pid: u32) -> PathBuf {
-    std::env::temp_dir().join(format!("weir-{pid}.purge"))
-}
-
-fn purge(pid: &str, routes: &[String]) -> ExitCode {
-    let Ok(pid) = pid.parse::<u32>() else {
-        return fail(&format!("`{pid}` is not a process id"));
-    };
-    let request = purge_request_path(pid);
-    if routes.is_empty() {
-        let _ = std::fs::remove_file(&request);
-    } else if let Err(e) = std::fs::write(&request, routes.join("\n")) {
-        return fail(&format!("cannot write {}: {e}", request.display()));
+/// Asks the gateway running with `config` to purge `routes` (or everything).
+fn purge(config: &Path, routes: &[String]) -> ExitCode {
+    let mut command = String::from("purge");
+    for r in routes {
+        if r.contains(['\t', '\n']) {
+            return fail(&format!(
+                "a route name cannot contain a tab or a newline: {r:?}"
+            ));
+        }
+        command.push('\t');
+        command.push_str(r);
     }
-    // SAFETY: kill(2) with a valid signal number; it only sends a signal.
-    if unsafe { libc::kill(pid as i32, libc::SIGUSR2) } != 0 {
-        let _ = std::fs::remove_file(&request);
-        return fail(&format!(
-            "cannot signal process {pid}: {}",
-            std::io::Error::last_os_error()
-        ));
+    match weir::control::request(config, &command) {
+        Ok((ok, lines)) => {
+            print!("{lines}");
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => fail(&e),
     }
-    ExitCode::SUCCESS
 }
 
 fn config_path(args: &[String]) -> Result<PathBuf, String> {
@@ -472,13 +473,7 @@ fn run(path: PathBuf) -> ExitCode {
                 n => info!("{name}: reopening {n} access {}", plural(n, "log", "logs")),
             },
             SIGUSR2 => {
-                // The routes `weir purge` left for this process, if it left any.
-                let request = purge_request_path(std::process::id());
-                let routes: Vec<String> = std::fs::read_to_string(&request)
-                    .map(|text| text.lines().map(str::to_string).collect())
-                    .unwrap_or_default();
-                let _ = std::fs::remove_file(&request);
-                for line in control.purge_cache(&routes) {
+                for line in control.purge_cache(&[]) {
                     info!("{name}: {line}");
                 }
             }

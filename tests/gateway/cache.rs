@@ -1006,6 +1006,16 @@ fn chunked_and_close_delimited_responses_are_stored_whole() {
     }
 }
 
+/// Runs `weir ARGS` with `CONFIG` replaced by the running gateway's config path.
+fn weir_cli(weir: &Weir, args: &[&str]) -> (i32, String, String) {
+    let config = weir.config_path().display().to_string();
+    let args: Vec<&str> = args
+        .iter()
+        .map(|a| if *a == "CONFIG" { config.as_str() } else { a })
+        .collect();
+    crate::support::weir(&args)
+}
+
 #[test]
 fn purges_by_signal_and_by_route() {
     let origin = Origin::start(counting("max-age=600"));
@@ -1025,12 +1035,15 @@ fn purges_by_signal_and_by_route() {
     fill();
     assert_eq!(origin.requests(), 2);
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["purge", "--pid", &weir.pid().to_string(), "a"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert!(eventually(|| weir.log().contains("purged route `a`")));
+    let (code, out, err) = weir_cli(&weir, &["purge", "-c", "CONFIG", "a"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out, "purged route `a`\n");
+    // A route that does not exist: said, exit 1, nothing else purged.
+    let (code, out, _) = weir_cli(&weir, &["purge", "-c", "CONFIG", "nope"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (1, "no route is named `nope`: nothing purged for it\n")
+    );
     assert_eq!(x_cache(&get(&weir, "/a", "")), "MISS");
     assert_eq!(x_cache(&get(&weir, "/b", "")), "HIT");
 
