@@ -3,7 +3,7 @@
 //! A Unix stream socket, private to the user running Weir (mode 0600), at a path derived
 //! from the config file's absolute path, so that the command needs nothing but the file
 //! to find its gateway. One command per connection: the client writes a line (`reload`,
-//! or `purge` followed by route names, each after a tab), the gateway answers `ok` or
+//! `routes`, or `purge` followed by route names, each after a tab), the gateway answers `ok` or
 //! `error` on the first line, then what happened, then closes.
 //!
 //! Owns: the socket's path, its thread, and the wire format. Must not: do the work
@@ -73,6 +73,13 @@ fn answer(stream: UnixStream, control: &Control) {
             let lines = control.purge_cache(&routes);
             let ok = !lines.iter().any(|l| l.starts_with("no route"));
             (ok, lines)
+        }
+        "routes" => {
+            let table = control.current().config.route_table();
+            match serde_json::to_string(&table) {
+                Ok(json) => (true, vec![json]),
+                Err(e) => (false, vec![e.to_string()]),
+            }
         }
         "reload" => match control.reload() {
             Ok(lines) => (true, lines),

@@ -20,6 +20,7 @@
 //! manager when the gateway is ready, reloading or stopping.
 
 pub mod accept;
+pub mod admin;
 pub mod auth;
 pub mod cache;
 pub mod calendar;

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH};
 use signal_hook::iterator::Signals;
-use weir::config::{Config, HostPattern, Integration};
+use weir::config::Config;
 use weir::{error, info, warn};
 
 #[global_allocator]
@@ -63,11 +63,13 @@ wrong type and impossible setting is printed as `file:line:column: message`, all
 at once, in file order. Exit 0 and a one-line summary when the file is good, 1 otherwise.";
 
 const ROUTES_HELP: &str = "\
-weir routes -c FILE
+weir routes -c FILE [--running]
 
 Prints the route table Weir would serve for the config FILE (also --config FILE): for each
 route its listener, host, path, methods, integration and stages, in the order they are
-checked. Exit 1 with every error when the file does not check.";
+checked. Exit 1 with every error when the file does not check. With --running, prints the
+table of the gateway running with FILE instead (its serving generation, which differs
+from the file until a reload), asked through its control socket.";
 
 const RELOAD_HELP: &str = "\
 weir reload -c FILE
@@ -122,6 +124,12 @@ fn main() -> ExitCode {
             Some(Ok(path)) => purge(&path, &args[3..]),
             _ => fail("expected `weir purge -c FILE [ROUTE...]`"),
         },
+        Some("routes") if args.get(3).map(String::as_str) == Some("--running") => {
+            match config_path(&args[1..3]) {
+                Ok(path) => running_routes(&path),
+                Err(msg) => fail(&format!("{msg}: `weir routes -c FILE --running`")),
+            }
+        }
         Some(cmd @ ("run" | "check" | "routes" | "reload")) => match config_path(&args[1..]) {
             Ok(path) if cmd == "run" => run(path),
             Ok(path) if cmd == "check" => check(path),
@@ -221,40 +229,43 @@ fn check(path: PathBuf) -> ExitCode {
         count(config.listeners.len(), "listener", "listeners"),
         count(config.upstreams.len(), "upstream", "upstreams"),
     );
+    if let Some(w) = config.admin.as_ref().and_then(|a| a.warning()) {
+        println!("warning: {w}");
+    }
     ExitCode::SUCCESS
+}
+
+/// `weir routes --running`: the serving generation's table, from the running gateway.
+fn running_routes(path: &Path) -> ExitCode {
+    match weir::control::request(path, "routes") {
+        Ok((true, json)) => match serde_json::from_str::<Vec<weir::config::RouteRow>>(&json) {
+            Ok(rows) => print_routes(rows),
+            Err(e) => fail(&format!("the gateway's route table did not read: {e}")),
+        },
+        Ok((false, said)) => fail(said.trim()),
+        Err(e) => fail(&e),
+    }
 }
 
 /// `weir routes`: one row per route, in the order routes are matched for each listener.
 fn routes(path: PathBuf) -> ExitCode {
-    let config = match load(&path) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let rows: Vec<[String; 6]> = config
-        .routes
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let listener = r
-                .listener
-                .map_or_else(|| "*".to_string(), |l| config.listeners[l].name.clone());
-            let host = match &r.host {
-                HostPattern::Default => "*".to_string(),
-                HostPattern::Exact(h) => h.clone(),
-                HostPattern::Wildcard(suffix) => format!("*{suffix}"),
-            };
-            let methods = r.methods.as_ref().map_or("ANY".into(), |m| m.join(","));
-            let integration = match &r.integration {
-                Integration::Http(h) => format!("upstream {}", config.upstreams[h.upstream].name),
-                Integration::Mock(m) => format!("mock {}", m.status),
-            };
+    match load(&path) {
+        Ok(config) => print_routes(config.route_table()),
+        Err(code) => code,
+    }
+}
+
+fn print_routes(table: Vec<weir::config::RouteRow>) -> ExitCode {
+    let rows: Vec<[String; 6]> = table
+        .into_iter()
+        .map(|r| {
             [
-                listener,
-                host,
-                r.path.clone(),
-                methods,
-                integration,
-                stages(&config, i),
+                r.listener,
+                r.host,
+                r.path,
+                r.methods,
+                r.integration,
+                r.stages,
             ]
         })
         .collect();
@@ -288,47 +299,6 @@ fn routes(path: PathBuf) -> ExitCode {
         print(row.each_ref().map(String::as_str));
     }
     ExitCode::SUCCESS
-}
-
-/// The stages a route's requests go through, in order, as `weir routes` shows them.
-fn stages(config: &Config, route_index: usize) -> String {
-    let r = &config.routes[route_index];
-    let mut out = Vec::new();
-    if r.api_key_required {
-        out.push("api_key".to_string());
-    }
-    let plans: Vec<&str> = config
-        .usage_plans
-        .iter()
-        .filter(|p| p.covers[route_index])
-        .map(|p| p.name.as_str())
-        .collect();
-    if !plans.is_empty() {
-        out.push(format!("usage_plan({})", plans.join(",")));
-    }
-    let throttles = [
-        config.throttle.as_ref(),
-        r.listener
-            .and_then(|l| config.listeners[l].throttle.as_ref()),
-        r.throttle.as_ref(),
-    ];
-    for t in throttles.into_iter().flatten() {
-        out.push(format!(
-            "throttle({} {}/s burst {})",
-            t.name, t.rate, t.burst
-        ));
-    }
-    if let Some((t, _)) = &r.throttle_per_ip {
-        out.push(format!("throttle_per_ip({}/s burst {})", t.rate, t.burst));
-    }
-    if let Some(c) = &r.cache {
-        out.push(format!("cache(ttl {}s)", c.ttl.as_secs()));
-    }
-    if out.is_empty() {
-        "-".into()
-    } else {
-        out.join(" → ")
-    }
 }
 
 fn usage(path: PathBuf, only_key: Option<&str>) -> ExitCode {
@@ -416,6 +386,9 @@ fn run(path: PathBuf) -> ExitCode {
         }
     };
     let drain = config.server.drain_timeout;
+    if let Some(w) = config.admin.as_ref().and_then(|a| a.warning()) {
+        warn!("{w}");
+    }
     // Registered before the workers start, so an early signal is never fatal: every
     // signal an nginx or systemd user sends is handled, none kills Weir without a drain.
     let mut signals =
@@ -423,6 +396,17 @@ fn run(path: PathBuf) -> ExitCode {
             Ok(s) => s,
             Err(e) => return fail(&format!("cannot handle signals: {e}")),
         };
+    // The admin API's socket is bound with the listeners, before any privilege drop.
+    let admin = match &config.admin {
+        Some(a) => match weir::admin::bind(a.address) {
+            Ok(listener) => Some((listener, a.token.clone())),
+            Err(msg) => {
+                error!("{msg}");
+                return ExitCode::from(1);
+            }
+        },
+        None => None,
+    };
     let running = match weir::server::start(config, &path) {
         Ok(r) => r,
         Err(msg) => {
@@ -432,6 +416,12 @@ fn run(path: PathBuf) -> ExitCode {
     };
     for l in &running.listeners {
         info!("listening on {} (listener `{}`)", l.url(), l.name);
+    }
+    if let Some((listener, token)) = admin {
+        if let Ok(addr) = listener.local_addr() {
+            info!("admin API on http://{addr}");
+        }
+        weir::admin::serve(listener, running.control(), token);
     }
     let cpus: Vec<String> = running
         .cpus

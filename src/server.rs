@@ -452,6 +452,17 @@ pub fn start(config: Config, path: &Path) -> Result<Running, String> {
             Err(_) => return Err("a worker exited during start-up".into()),
         }
     }
+    let control = Arc::new(Control {
+        path: path.to_path_buf(),
+        workers,
+        published,
+        registry,
+        cache_bus,
+        quota_set,
+        quota_store: Mutex::new(quota_store),
+        quota_path,
+        reloading: Mutex::new(()),
+    });
     Ok(Running {
         listeners: bound,
         workers,
@@ -459,17 +470,7 @@ pub fn start(config: Config, path: &Path) -> Result<Running, String> {
         cpus: pinned,
         shutdown,
         threads,
-        control: Arc::new(Control {
-            path: path.to_path_buf(),
-            workers,
-            published,
-            registry,
-            cache_bus,
-            quota_set,
-            quota_store: Mutex::new(quota_store),
-            quota_path,
-            reloading: Mutex::new(()),
-        }),
+        control,
     })
 }
 

@@ -141,12 +141,19 @@ pub struct TargetHealth {
 }
 
 impl TargetHealth {
-    fn is_up(&self, now_ms: u64) -> bool {
+    /// Whether the target is in use at `now_ms` ([`crate::clock::Now::ms`]).
+    pub fn is_up(&self, now_ms: u64) -> bool {
         self.down_until_ms() <= now_ms
     }
 
-    fn down_until_ms(&self) -> u64 {
+    /// Until when the target is left out (0 when up).
+    pub fn down_until_ms(&self) -> u64 {
         self.down_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Failures since the last success.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures.load(Ordering::Relaxed)
     }
 
     /// Records a success: the target is up again (it may have been tried while left out,

@@ -157,7 +157,7 @@ pub(super) fn resolve_listeners(
 }
 
 /// A listener's `address`.
-fn resolve_listen_addr(s: &str) -> Result<SocketAddr, String> {
+pub(super) fn resolve_listen_addr(s: &str) -> Result<SocketAddr, String> {
     let port = s.strip_prefix(':').unwrap_or(s);
     if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!(

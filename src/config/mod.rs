@@ -24,8 +24,11 @@
 //! - `cache`: `[cache]` and a route's `cache = { ... }`;
 //! - `auth`: API keys, the keys file, usage plans and quotas;
 //! - `limits`: throttles, at every level;
-//! - `log`: `[access_log]` and a listener's `access_log`.
+//! - `log`: `[access_log]` and a listener's `access_log`;
+//! - `admin`: `[admin]`, the admin API's listener;
+//! - `table`: the route table as `weir routes` and the admin API describe it.
 
+mod admin;
 mod auth;
 mod cache;
 mod errors;
@@ -34,6 +37,7 @@ mod listener;
 mod log;
 mod route;
 mod server;
+mod table;
 mod upstream;
 mod values;
 
@@ -43,6 +47,7 @@ use std::path::Path;
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use self::admin::Admin;
 pub use self::auth::{ApiKey, Quota, UsagePlan};
 pub use self::cache::{Invalidate, QueryKey, RouteCache};
 pub use self::errors::{ConfigError, ConfigErrors};
@@ -51,9 +56,11 @@ pub use self::listener::{CertificateSettings, ClientAuth, Listener, TlsSettings}
 pub use self::log::{AccessLogSpec, Destination, Field, Format, ListenerLog, Only};
 pub use self::route::{HostPattern, HostRewrite, HttpIntegration, Integration, Mock, Route};
 pub use self::server::{HttpLimits, IoDriver, RingMode, Server, User, Workers};
+pub use self::table::RouteRow;
 pub use self::upstream::{Balance, Target, Upstream, UpstreamTls};
 pub use self::values::{is_host_byte, is_tchar, parse_duration, parse_size, Dur, Size};
 
+use self::admin::{resolve_admin, AdminFile};
 use self::auth::{
     check_one_plan_per_key_and_route, resolve_api_keys, resolve_usage_plan, ApiKeyFile,
     ApiKeysFile, QuotasFile, UsagePlanFile,
@@ -88,6 +95,10 @@ pub struct Config {
     pub cache_memory: u64,
     /// `[access_log]`: every listener's, unless a listener says otherwise.
     pub access_log: Option<AccessLogSpec>,
+    /// `[admin]`: the admin API, if configured.
+    pub admin: Option<Admin>,
+    /// The file's text, for the admin API's `/config` (secrets redacted there).
+    pub source: std::sync::Arc<str>,
     pub listeners: Vec<Listener>,
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
@@ -133,6 +144,9 @@ struct ConfigFile {
     /// Where each request's line goes (off unless configured).
     #[serde(default)]
     access_log: Option<Spanned<AccessLogFile>>,
+    /// The admin API (off unless configured).
+    #[serde(default)]
+    admin: Option<Spanned<AdminFile>>,
     #[serde(default)]
     listener: Vec<Spanned<ListenerFile>>,
     #[serde(default)]
@@ -228,6 +242,7 @@ fn resolve(raw: ConfigFile, ck: &mut Checker) -> Option<Config> {
 
     let listeners = resolve_listeners(raw.listener, ck);
     let access_log = raw.access_log.and_then(|a| resolve_access_log(a, ck));
+    let admin = raw.admin.and_then(|a| resolve_admin(a, ck));
 
     let mut upstreams = Vec::new();
     for (name, u) in raw.upstream {
@@ -304,6 +319,8 @@ fn resolve(raw: ConfigFile, ck: &mut Checker) -> Option<Config> {
         quota_store,
         cache_memory,
         access_log,
+        admin,
+        source: ck.src.into(),
         listeners,
         upstreams,
         routes,

@@ -2,6 +2,7 @@
 //! Each module is one area of behaviour; each test is named for the behaviour it checks.
 
 mod access_log;
+mod admin;
 mod api_keys;
 mod cache;
 mod check;
