@@ -127,6 +127,9 @@ async fn accept_loop(
                     let Some(index) = gen.gateway.listener_at(addr) else {
                         continue;
                     };
+                    if let Some(series) = &gen.series {
+                        series.listeners[index].accepted();
+                    }
                     match &gen.gateway.tls[index] {
                         None => {
                             monoio::spawn(crate::proxy::serve(
@@ -151,6 +154,11 @@ async fn accept_loop(
                                 // silence) just closes the connection; plain HTTP is told why.
                                 match monoio::time::timeout(deadline, handshake).await {
                                     Ok(Ok(crate::tls::Accepted::Tls(tls))) => {
+                                        if let Some(series) = &gen.series {
+                                            let kind = tls.session().handshake_kind();
+                                            let resumed = kind == Some(rustls::HandshakeKind::Resumed);
+                                            series.listeners[index].handshake(Some(resumed));
+                                        }
                                         let client_cert = if mutual {
                                             crate::tls::client_cert_headers(tls.session())
                                         } else {
@@ -161,7 +169,12 @@ async fn accept_loop(
                                     Ok(Ok(crate::tls::Accepted::PlainHttp(tcp))) => {
                                         crate::proxy::refuse_plain_http(worker, gen, addr, tcp, peer).await;
                                     }
-                                    _ => {}
+                                    _ => {
+                                        if let Some(series) = &gen.series {
+                                            series.listeners[index].handshake(None);
+                                            series.listeners[index].closed();
+                                        }
+                                    }
                                 }
                             });
                         }

@@ -4,6 +4,7 @@
 //!
 //! | request | answer |
 //! |---|---|
+//! | `GET /metrics` | every metric, in Prometheus' text format |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 when every listener is bound, a config serves and no upstream group has every target down; else 503 with the reasons |
 //! | `GET /routes` | the route table of the serving generation (as `weir routes`) |
@@ -79,27 +80,36 @@ fn answer(mut stream: TcpStream, control: &Control, token: Option<&str>) {
     let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
     let (status, body) = match read_request(&mut stream) {
         Err((status, why)) => (status, json!({ "message": why })),
-        Ok(req) => match authorized(&req, token) {
-            false => (
-                401,
-                json!({ "message": "Unauthorized: send Authorization: Bearer <token>" }),
-            ),
-            true => route(&req, control),
+        Ok(req) if !authorized(&req, token) => (
+            401,
+            json!({ "message": "Unauthorized: send Authorization: Bearer <token>" }),
+        ),
+        Ok(req) if req.method == "GET" && req.path == "/metrics" => match control.metrics_text() {
+            Some(text) => return send(&mut stream, 200, PROMETHEUS, text.as_bytes()),
+            None => (404, json!({ "message": "metrics are off" })),
         },
+        Ok(req) => route(&req, control),
     };
-    let body = serde_json::to_vec_pretty(&body).unwrap_or_default();
+    let mut body = serde_json::to_vec_pretty(&body).unwrap_or_default();
+    body.push(b'\n');
+    send(&mut stream, status, "application/json", &body);
+}
+
+/// The Prometheus text format's content type.
+const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+fn send(stream: &mut TcpStream, status: u16, content_type: &str, body: &[u8]) {
     let mut head = format!(
-        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n",
+        "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n",
         crate::http::reason(status),
-        body.len() + 1
+        body.len()
     );
     if status == 401 {
         head.push_str("www-authenticate: Bearer realm=\"weir-admin\"\r\n");
     }
     head.push_str("\r\n");
     let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(&body);
-    let _ = stream.write_all(b"\n");
+    let _ = stream.write_all(body);
 }
 
 /// Reads a head (and drops a body of up to 64 KiB).
@@ -213,7 +223,7 @@ fn route(req: &Request, control: &Control) -> (u16, Value) {
                 json!({ "ok": ok, "said": said }),
             )
         }
-        (_, "/healthz" | "/readyz" | "/routes" | "/config" | "/upstreams") => {
+        (_, "/metrics" | "/healthz" | "/readyz" | "/routes" | "/config" | "/upstreams") => {
             (405, json!({ "message": "Method Not Allowed: use GET" }))
         }
         (_, "/reload" | "/cache/purge") => {
@@ -226,7 +236,8 @@ fn route(req: &Request, control: &Control) -> (u16, Value) {
     }
 }
 
-const ENDPOINTS: [&str; 7] = [
+const ENDPOINTS: [&str; 8] = [
+    "GET /metrics",
     "GET /healthz",
     "GET /readyz",
     "GET /routes",

@@ -135,6 +135,36 @@ impl Control {
         writers.len()
     }
 
+    /// The metrics, as Prometheus' text format (`None` when metrics are off: no `[admin]`).
+    pub fn metrics_text(&self) -> Option<String> {
+        let metrics = self.published.metrics.as_ref()?;
+        let gateway = self.published.current();
+        let now = crate::clock::now().ms();
+        let targets = gateway
+            .upstreams
+            .iter()
+            .flat_map(|u| {
+                u.config
+                    .targets
+                    .iter()
+                    .zip(u.health.iter())
+                    .map(move |(t, h)| (u.config.name.as_str(), t.authority.as_str(), h.is_up(now)))
+            })
+            .collect();
+        let log_records_dropped = self
+            .registry
+            .access_writers()
+            .iter()
+            .map(|w| w.dropped())
+            .sum();
+        let gauges = crate::observe::metrics::Gauges {
+            generation: gateway.generation,
+            targets,
+            log_records_dropped,
+        };
+        Some(crate::observe::metrics::render(metrics, &gauges))
+    }
+
     /// The generation serving now.
     pub fn current(&self) -> Arc<Gateway> {
         self.published.current()
@@ -153,6 +183,13 @@ impl Control {
         self.reopen_logs();
         let old = self.published.current();
         let result = self.build_next(&old);
+        if let Some(m) = &self.published.metrics {
+            let counter = match &result {
+                Ok(_) => &m.reloads_applied,
+                Err(_) => &m.reloads_refused,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
         let status = match &result {
             Ok(lines) => {
                 for line in lines {

@@ -28,6 +28,7 @@ use bytes::BytesMut;
 use crate::gateway::Gateway;
 use crate::http::write::DateCache;
 use crate::limit::Leases;
+use crate::observe::metrics::{Metrics, Names, Series};
 use crate::upstream::Pools;
 
 /// Size of a pooled buffer (upstream responses, writes); large enough for almost every
@@ -46,11 +47,18 @@ pub struct Published {
     generation: AtomicU64,
     /// Listener sockets a reload bound, one queue per worker: (address, its socket).
     inbox: Box<[crossbeam_queue::SegQueue<(SocketAddr, std::net::TcpListener)>]>,
+    /// Every worker's metrics cells, when the admin API (which serves them) is on.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl Published {
     pub fn new(first: Arc<Gateway>, workers: usize) -> Published {
         Published {
+            metrics: first
+                .config
+                .admin
+                .is_some()
+                .then(|| Arc::new(Metrics::new(workers))),
             generation: AtomicU64::new(first.generation),
             current: arc_swap::ArcSwap::new(first),
             inbox: (0..workers).map(|_| Default::default()).collect(),
@@ -89,11 +97,40 @@ pub struct Generation {
     pub pools: RefCell<Pools>,
     /// This worker's leased tokens of every throttle bucket.
     pub leases: Leases,
+    /// This worker's metrics cells for the generation's series, when metrics are on.
+    pub series: Option<Series>,
+}
+
+impl Generation {
+    fn new(gateway: Arc<Gateway>, pools: Pools, worker: usize, published: &Published) -> Self {
+        let workers = published.inbox.len();
+        let series = published.metrics.as_ref().map(|m| {
+            let config = &gateway.config;
+            let names = Names {
+                listeners: config.listeners.iter().map(|l| l.name.as_str()).collect(),
+                routes: config.routes.iter().map(|r| r.label()).collect(),
+                upstreams: config
+                    .upstreams
+                    .iter()
+                    .map(|u| {
+                        let targets = u.targets.iter().map(|t| t.authority.as_str()).collect();
+                        (u.name.as_str(), targets)
+                    })
+                    .collect(),
+            };
+            m.series_for(worker, &names)
+        });
+        Generation {
+            leases: Leases::new(gateway.buckets.len(), workers as u32),
+            pools: RefCell::new(pools),
+            series,
+            gateway,
+        }
+    }
 }
 
 pub struct Worker {
     pub id: usize,
-    workers: usize,
     published: Arc<Published>,
     /// The generation this worker serves new requests with.
     current: RefCell<Rc<Generation>>,
@@ -115,14 +152,10 @@ impl Worker {
     pub fn new(id: usize, published: Arc<Published>, seed: u64, workers: usize) -> Worker {
         let gateway = published.current();
         let cache_share = gateway.config.cache_memory / workers.max(1) as u64;
-        let current = Generation {
-            pools: RefCell::new(Pools::new(&gateway.upstreams)),
-            leases: Leases::new(gateway.buckets.len(), workers as u32),
-            gateway,
-        };
+        let pools = Pools::new(&gateway.upstreams);
+        let current = Generation::new(gateway, pools, id, &published);
         Worker {
             id,
-            workers,
             published,
             current: RefCell::new(Rc::new(current)),
             cache: Rc::new(RefCell::new(crate::cache::Shard::new(cache_share))),
@@ -161,11 +194,7 @@ impl Worker {
                 pools.take_idle_from(&mut old_pools);
             };
         }
-        let next = Rc::new(Generation {
-            leases: Leases::new(gateway.buckets.len(), self.workers as u32),
-            pools: RefCell::new(pools),
-            gateway,
-        });
+        let next = Rc::new(Generation::new(gateway, pools, self.id, &self.published));
         *self.current.borrow_mut() = next.clone();
         next
     }
@@ -245,6 +274,11 @@ impl Worker {
         for w in self.drain_waiters.borrow_mut().drain(..) {
             w.wake();
         }
+    }
+
+    /// Every worker's metrics cells, when metrics are on.
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.published.metrics.as_ref()
     }
 
     /// Requests in flight on this worker.

@@ -71,6 +71,18 @@ impl Route {
             methods: self.methods.as_deref(),
         }
     }
+
+    /// The route as metrics name it: `METHOD[,METHOD] /template`, or `ANY /template`, with
+    /// the host before the path when the route has one (`GET api.example.com/items/{id}`).
+    pub fn label(&self) -> String {
+        let methods = self.methods.as_ref().map_or("ANY".into(), |m| m.join(","));
+        let host = match &self.host {
+            HostPattern::Default => String::new(),
+            HostPattern::Exact(h) => h.clone(),
+            HostPattern::Wildcard(suffix) => format!("*{suffix}"),
+        };
+        format!("{methods} {host}{}", self.path)
+    }
 }
 
 #[derive(Debug, Clone)]

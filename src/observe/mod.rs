@@ -8,6 +8,7 @@
 //! consumer that needs either hands the record to a thread of its own.
 
 pub mod access_log;
+pub mod metrics;
 
 use std::sync::OnceLock;
 

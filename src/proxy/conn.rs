@@ -213,7 +213,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     pub(super) fn finish(&mut self) {
         let gen = self.gen.clone();
         let log = gen.gateway.access_logs[self.listener].as_deref();
-        if crate::observe::consumed() || log.is_some() {
+        if crate::observe::consumed() || log.is_some() || gen.series.is_some() {
             let record = &mut self.ex.record;
             record.end = crate::clock::now();
             record.cache = self.ex.taken.cache.status;
@@ -222,6 +222,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 record.refusal = Some(Refusal::ClientGone);
             }
             crate::observe::emit(self.worker.id, record);
+            if let (Some(series), Some(metrics)) = (&gen.series, &self.worker.metrics()) {
+                series.record(metrics, record, self.ex.facts.method);
+            }
             if let Some(log) = log {
                 self.log_line(log);
             }

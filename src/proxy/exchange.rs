@@ -23,6 +23,8 @@ use crate::worker::{Generation, Worker};
 /// What the request's head said, kept after the head's bytes are consumed.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct RequestFacts {
+    /// The method, as an index into [`crate::observe::metrics::METHODS`].
+    pub method: u8,
     pub is_head: bool,
     pub http10: bool,
     pub keep_alive: bool,
@@ -60,6 +62,7 @@ impl Exchange {
         head: &RequestHead,
     ) {
         self.facts = RequestFacts {
+            method: crate::observe::metrics::method_index(head.method.of(buf)),
             is_head: head.is_head(buf),
             http10: head.minor_version == 0,
             keep_alive: head.keep_alive,

@@ -45,6 +45,11 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(
     let mut conn = Connection::new(worker, gen, listener, stream, peer, proto);
     conn.client_cert = client_cert;
     conn.run().await;
+    if let Some(series) = &conn.gen.series {
+        if let Some(index) = conn.gen.gateway.listener_at(listener) {
+            series.listeners[index].closed();
+        }
+    }
     conn.release();
 }
 
@@ -69,6 +74,11 @@ pub async fn refuse_plain_http(
     let sent = conn.refuse_plain_http().await;
     if sent && conn.stream.shutdown().await.is_ok() {
         let _ = monoio::time::timeout(LINGER, conn.drain_input(LINGER_BYTES)).await;
+    }
+    if let Some(series) = &conn.gen.series {
+        if let Some(index) = conn.gen.gateway.listener_at(listener) {
+            series.listeners[index].closed();
+        }
     }
     conn.release();
 }
