@@ -51,8 +51,7 @@ pub async fn run(
     while worker.in_flight() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
-    let now = crate::clock::now().wall_secs();
-    worker.log_batches.borrow_mut().flush(now);
+    worker.log_batches.borrow_mut().flush();
     if worker.in_flight() > 0 {
         crate::warn!(
             "worker {}: drain timeout with {} requests in flight",
@@ -88,8 +87,7 @@ fn follow_reloads(worker: &Rc<Worker>, accepting: &Accepting, blocking: bool) {
     // The tick also keeps the clock's wall offset in step with the system clock, and
     // hands this worker's access log lines to their writers.
     crate::clock::resync();
-    let now = crate::clock::now().wall_secs();
-    worker.log_batches.borrow_mut().flush(now);
+    worker.log_batches.borrow_mut().flush();
     while let Some((addr, socket)) = worker.take_new_listener() {
         start_accepting(worker, accepting, addr, socket, blocking);
     }
