@@ -3,7 +3,9 @@
 //! drain at shutdown. Each accepted connection (after its TLS handshake, on a TLS
 //! listener) goes to [`crate::proxy::serve`].
 //!
-//! Must not: block the worker's thread, or touch a connection after handing it over.
+//! Must not: block the worker's thread, or touch a connection after handing it over. A
+//! failed TLS handshake is logged here (a client certificate refused at WARN, anything
+//! else at INFO: clients fail handshakes all the time), rate-limited per listener.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -146,7 +148,8 @@ async fn accept_loop(
                             monoio::spawn(async move {
                                 let handshake = crate::tls::TlsStream::accept(stream, config);
                                 // A failed or stalled handshake (an unknown protocol version,
-                                // silence) just closes the connection; plain HTTP is told why.
+                                // silence) just closes the connection, with a line in the
+                                // error log; plain HTTP is told why.
                                 match monoio::time::timeout(deadline, handshake).await {
                                     Ok(Ok(crate::tls::Accepted::Tls(tls))) => {
                                         let client_cert = if mutual {
@@ -159,7 +162,16 @@ async fn accept_loop(
                                     Ok(Ok(crate::tls::Accepted::PlainHttp(tcp))) => {
                                         crate::proxy::refuse_plain_http(worker, gen, addr, tcp, peer).await;
                                     }
-                                    _ => {}
+                                    Ok(Ok(crate::tls::Accepted::Closed)) => {}
+                                    Ok(Err(e)) => log_handshake_failure(&gen, index, peer, &e),
+                                    Err(_) => {
+                                        let name = &gen.gateway.config.listeners[index].name;
+                                        crate::info_limited!(key = addr;
+                                            "listener `{name}`: TLS handshake failed from {}: \
+                                             timed out after {deadline:?}",
+                                            peer.ip()
+                                        );
+                                    }
                                 }
                             });
                         }
@@ -175,6 +187,31 @@ async fn accept_loop(
     }
     // Dropping the listener here closes this worker's socket, so the kernel sends new
     // connections to no one rather than to a worker that will not accept them.
+}
+
+/// One rate-limited line for a client's failed handshake on listener `index`, keyed by
+/// the listener (not the client: there is no bound on clients).
+#[cold]
+fn log_handshake_failure(
+    gen: &crate::worker::Generation,
+    index: usize,
+    peer: SocketAddr,
+    e: &std::io::Error,
+) {
+    let name = &gen.gateway.config.listeners[index].name;
+    let key = gen.gateway.bound[index];
+    if crate::tls::refused_client_certificate(e) {
+        // rustls's reason: `peer sent no certificates`, `invalid peer certificate: ...`.
+        crate::warn_limited!(key = key;
+            "listener `{name}`: client certificate refused from {}: {e}",
+            peer.ip()
+        );
+    } else {
+        crate::info_limited!(key = key;
+            "listener `{name}`: TLS handshake failed from {}: {e}",
+            peer.ip()
+        );
+    }
 }
 
 /// Resolves when a reload removed the listener.
