@@ -638,6 +638,23 @@ mod tests {
     }
 
     #[test]
+    fn the_error_log_names_a_target_as_written_and_its_address_if_that_differs() {
+        let g = group("[upstream.api]\ntargets = [\"127.0.0.1:81\", \"localhost:82\"]\n");
+        let up = &g.shared.config;
+        assert_eq!(
+            up.target_label(0).to_string(),
+            "upstream `api` target 127.0.0.1:81"
+        );
+        assert_eq!(
+            up.target_label(1).to_string(),
+            format!(
+                "upstream `api` target localhost:82 ({})",
+                up.targets[1].addr
+            )
+        );
+    }
+
+    #[test]
     fn least_outstanding_prefers_the_idle_target() {
         let mut g = group(
             "[upstream.u]\ntargets = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\nbalance = \"least_outstanding\"\n",
