@@ -3,7 +3,9 @@
 //! drain at shutdown. Each accepted connection (after its TLS handshake, on a TLS
 //! listener) goes to [`crate::proxy::serve`].
 //!
-//! Must not: block the worker's thread, or touch a connection after handing it over.
+//! Must not: block the worker's thread, or touch a connection after handing it over. A
+//! failed TLS handshake is logged here (a client certificate refused at WARN, anything
+//! else at INFO: clients fail handshakes all the time), rate-limited per listener.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -51,8 +53,7 @@ pub async fn run(
     while worker.in_flight() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
-    let now = crate::clock::now().wall_secs();
-    worker.log_batches.borrow_mut().flush(now);
+    worker.log_batches.borrow_mut().flush();
     if worker.in_flight() > 0 {
         crate::warn!(
             "worker {}: drain timeout with {} requests in flight",
@@ -88,8 +89,7 @@ fn follow_reloads(worker: &Rc<Worker>, accepting: &Accepting, blocking: bool) {
     // The tick also keeps the clock's wall offset in step with the system clock, and
     // hands this worker's access log lines to their writers.
     crate::clock::resync();
-    let now = crate::clock::now().wall_secs();
-    worker.log_batches.borrow_mut().flush(now);
+    worker.log_batches.borrow_mut().flush();
     while let Some((addr, socket)) = worker.take_new_listener() {
         start_accepting(worker, accepting, addr, socket, blocking);
     }
@@ -151,7 +151,8 @@ async fn accept_loop(
                             monoio::spawn(async move {
                                 let handshake = crate::tls::TlsStream::accept(stream, config);
                                 // A failed or stalled handshake (an unknown protocol version,
-                                // silence) just closes the connection; plain HTTP is told why.
+                                // silence) just closes the connection, with a line in the
+                                // error log; plain HTTP is told why.
                                 match monoio::time::timeout(deadline, handshake).await {
                                     Ok(Ok(crate::tls::Accepted::Tls(tls))) => {
                                         if let Some(series) = &gen.series {
@@ -169,10 +170,26 @@ async fn accept_loop(
                                     Ok(Ok(crate::tls::Accepted::PlainHttp(tcp))) => {
                                         crate::proxy::refuse_plain_http(worker, gen, addr, tcp, peer).await;
                                     }
-                                    _ => {
+                                    failed => {
                                         if let Some(series) = &gen.series {
-                                            series.listeners[index].handshake(None);
+                                            // A connection closed before any byte is no
+                                            // handshake at all.
+                                            if !matches!(failed, Ok(Ok(_))) {
+                                                series.listeners[index].handshake(None);
+                                            }
                                             series.listeners[index].closed();
+                                        }
+                                        match failed {
+                                            Ok(Ok(_)) => {}
+                                            Ok(Err(e)) => log_handshake_failure(&gen, index, peer, &e),
+                                            Err(_) => {
+                                                let name = &gen.gateway.config.listeners[index].name;
+                                                crate::info_limited!(key = addr;
+                                                    "listener `{name}`: TLS handshake failed from {}: \
+                                                     timed out after {deadline:?}",
+                                                    peer.ip()
+                                                );
+                                            }
                                         }
                                     }
                                 }
@@ -190,6 +207,31 @@ async fn accept_loop(
     }
     // Dropping the listener here closes this worker's socket, so the kernel sends new
     // connections to no one rather than to a worker that will not accept them.
+}
+
+/// One rate-limited line for a client's failed handshake on listener `index`, keyed by
+/// the listener (not the client: there is no bound on clients).
+#[cold]
+fn log_handshake_failure(
+    gen: &crate::worker::Generation,
+    index: usize,
+    peer: SocketAddr,
+    e: &std::io::Error,
+) {
+    let name = &gen.gateway.config.listeners[index].name;
+    let key = gen.gateway.bound[index];
+    if crate::tls::refused_client_certificate(e) {
+        // rustls's reason: `peer sent no certificates`, `invalid peer certificate: ...`.
+        crate::warn_limited!(key = key;
+            "listener `{name}`: client certificate refused from {}: {e}",
+            peer.ip()
+        );
+    } else {
+        crate::info_limited!(key = key;
+            "listener `{name}`: TLS handshake failed from {}: {e}",
+            peer.ip()
+        );
+    }
 }
 
 /// Resolves when a reload removed the listener.

@@ -6,7 +6,9 @@
 //! specs [`Upstream`], [`Target`] and [`Balance`] (re-exported by `config`).
 //!
 //! Must not: take a lock, or hand out a pooled connection that it has not checked is
-//! still open.
+//! still open. What goes wrong here (a connect refused or timed out, an upstream
+//! certificate that does not verify, a target left out and back) is logged where it is
+//! found, rate-limited per target ([`crate::log`]), never on the success path.
 
 use std::io;
 use std::net::SocketAddr;
@@ -38,6 +40,28 @@ pub struct Upstream {
     pub fail_timeout: Duration,
     /// TLS toward the targets, if they speak HTTPS.
     pub tls: Option<crate::tls::UpstreamTls>,
+}
+
+impl Upstream {
+    /// How the error log names target `target`: ``upstream `api` target 10.0.0.7:80``,
+    /// with the address it resolved to when the target was written as a name.
+    pub fn target_label(&self, target: usize) -> TargetLabel<'_> {
+        TargetLabel(self, target)
+    }
+}
+
+/// See [`Upstream::target_label`].
+pub struct TargetLabel<'a>(&'a Upstream, usize);
+
+impl std::fmt::Display for TargetLabel<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = &self.0.targets[self.1];
+        write!(f, "upstream `{}` target {}", self.0.name, t.authority)?;
+        if t.authority.parse::<SocketAddr>() != Ok(t.addr) {
+            write!(f, " ({})", t.addr)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -156,26 +180,41 @@ impl TargetHealth {
         self.consecutive_failures.load(Ordering::Relaxed)
     }
 
-    /// Records a success: the target is up again (it may have been tried while left out,
-    /// see [`GroupState::pick`]). Cheap when nothing failed: loads, no store.
-    pub fn success(&self) {
+    /// Records a success of target `target` of `up`: the target is up again (it may have
+    /// been tried while left out, see [`GroupState::pick`]), and the worker that brings it
+    /// back says so. Cheap when nothing failed: loads, no store.
+    pub fn success(&self, up: &Upstream, target: usize) {
         if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
             self.consecutive_failures.store(0, Ordering::Relaxed);
         }
-        if self.down_until_ms.load(Ordering::Relaxed) != 0 {
-            self.down_until_ms.store(0, Ordering::Relaxed);
+        if self.down_until_ms.load(Ordering::Relaxed) != 0
+            && self.down_until_ms.swap(0, Ordering::Relaxed) != 0
+        {
+            let addr = up.targets[target].addr;
+            crate::info_limited!(key = addr; "{}: back up", up.target_label(target));
         }
     }
 
-    /// Records a failure; the `max_fails`-th in a row leaves the target out for
-    /// `fail_timeout`. The only target of a group is never left out (as in nginx): there
-    /// is nowhere else to send its requests.
-    pub fn failure(&self, up: &Upstream) {
+    /// Records a failure of target `target` of `up`; the `max_fails`-th in a row leaves
+    /// the target out for `fail_timeout`. The only target of a group is never left out
+    /// (as in nginx): there is nowhere else to send its requests. Only the failure that
+    /// takes an up target down is logged, not those while it is down.
+    pub fn failure(&self, up: &Upstream, target: usize) {
         let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if up.max_fails > 0 && n >= up.max_fails && up.targets.len() > 1 {
-            let until = crate::clock::now().ms() + up.fail_timeout.as_millis() as u64;
-            self.down_until_ms.store(until, Ordering::Relaxed);
+            let now = crate::clock::now().ms();
+            let until = now + up.fail_timeout.as_millis() as u64;
+            let was = self.down_until_ms.swap(until, Ordering::Relaxed);
             self.consecutive_failures.store(0, Ordering::Relaxed);
+            // Workers failing at once on the same target: the first swap says it.
+            if was <= now {
+                let addr = up.targets[target].addr;
+                crate::warn_limited!(key = addr;
+                    "{}: marked down for {:?} after {n} failures",
+                    up.target_label(target),
+                    up.fail_timeout
+                );
+            }
         }
     }
 }
@@ -448,34 +487,65 @@ impl GroupState {
 #[derive(Debug)]
 pub enum ConnectError {
     Timeout,
+    /// The TCP connect failed.
     Io(io::Error),
+    /// The TLS handshake failed (a certificate that does not verify, most often).
+    Tls(io::Error),
 }
 
 /// Opens a new connection to target `target` of `group`, with Nagle off (heads and bodies
 /// are written whole), and the TLS handshake if the group speaks TLS, all within the
-/// connect timeout.
+/// connect timeout. A failure is logged here, where its cause is known.
 pub async fn connect(
     group: &SharedUpstream,
     target: usize,
 ) -> Result<UpstreamStream, ConnectError> {
     let addr = group.config.targets[target].addr;
     let open = async {
-        let stream = TcpStream::connect_addr(addr).await?;
+        let stream = TcpStream::connect_addr(addr)
+            .await
+            .map_err(ConnectError::Io)?;
         let _ = stream.set_nodelay(true);
         match &group.tls {
             None => Ok(UpstreamStream::Plain(stream)),
             Some(tls) => {
                 let name = tls.names[target].clone();
                 // Boxed, like the TLS stream's I/O: see `UpstreamStream`.
-                let s = Box::pin(TlsStream::connect(stream, tls.config.clone(), name)).await?;
+                let s = Box::pin(TlsStream::connect(stream, tls.config.clone(), name))
+                    .await
+                    .map_err(ConnectError::Tls)?;
                 Ok(UpstreamStream::Tls(Box::new(s)))
             }
         }
     };
-    match monoio::time::timeout(group.config.connect_timeout, open).await {
+    let result = match monoio::time::timeout(group.config.connect_timeout, open).await {
         Err(_) => Err(ConnectError::Timeout),
-        Ok(Err(e)) => Err(ConnectError::Io(e)),
-        Ok(Ok(stream)) => Ok(stream),
+        Ok(result) => result,
+    };
+    if let Err(e) = &result {
+        log_connect_error(&group.config, target, e);
+    }
+    result
+}
+
+/// One rate-limited line per kind of connect failure and target.
+#[cold]
+fn log_connect_error(up: &Upstream, target: usize, e: &ConnectError) {
+    let addr = up.targets[target].addr;
+    let label = up.target_label(target);
+    match e {
+        ConnectError::Timeout => crate::warn_limited!(key = addr;
+            "{label}: connect timed out after {:?}",
+            up.connect_timeout
+        ),
+        ConnectError::Io(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            crate::warn_limited!(key = addr; "{label}: connect refused ({e})")
+        }
+        ConnectError::Io(e) => crate::warn_limited!(key = addr; "{label}: connect failed ({e})"),
+        // rustls's reason: `invalid peer certificate: UnknownIssuer`, ...
+        ConnectError::Tls(e) => {
+            crate::error_limited!(key = addr; "{label}: TLS handshake failed: {e}")
+        }
     }
 }
 
@@ -521,7 +591,7 @@ mod tests {
         tried.add(second);
         assert_eq!(g.pick(tried, crate::clock::now()), None);
         let cfg = g.shared.config.clone();
-        g.shared.health[0].failure(&cfg);
+        g.shared.health[0].failure(&cfg, 0);
         for _ in 0..4 {
             assert_eq!(g.pick(Tried::default(), crate::clock::now()), Some(1));
         }
@@ -534,7 +604,7 @@ mod tests {
         );
         let cfg = g.shared.config.clone();
         for _ in 0..3 {
-            g.shared.health[0].failure(&cfg);
+            g.shared.health[0].failure(&cfg, 0);
         }
         assert!(g.shared.health[0].is_up(crate::clock::now().ms()));
         assert_eq!(g.pick(Tried::default(), crate::clock::now()), Some(0));
@@ -550,7 +620,7 @@ mod tests {
             let cfg = g.shared.config.clone();
             let now = crate::clock::now().ms();
             for (i, later) in [(0, 3000), (1, 1000), (2, 2000)] {
-                g.shared.health[i].failure(&cfg);
+                g.shared.health[i].failure(&cfg, i);
                 g.shared.health[i]
                     .down_until_ms
                     .store(now + 60_000 + later, Ordering::Relaxed);
@@ -563,7 +633,7 @@ mod tests {
             }
             assert_eq!(order, [1, 2, 0], "{balance}");
             // A success brings a target back at once: it is picked as a healthy one.
-            g.shared.health[2].success();
+            g.shared.health[2].success(&cfg, 2);
             for _ in 0..3 {
                 assert_eq!(
                     g.pick(Tried::default(), crate::clock::now()),
@@ -572,6 +642,23 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_error_log_names_a_target_as_written_and_its_address_if_that_differs() {
+        let g = group("[upstream.api]\ntargets = [\"127.0.0.1:81\", \"localhost:82\"]\n");
+        let up = &g.shared.config;
+        assert_eq!(
+            up.target_label(0).to_string(),
+            "upstream `api` target 127.0.0.1:81"
+        );
+        assert_eq!(
+            up.target_label(1).to_string(),
+            format!(
+                "upstream `api` target localhost:82 ({})",
+                up.targets[1].addr
+            )
+        );
     }
 
     #[test]

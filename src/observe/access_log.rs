@@ -478,7 +478,7 @@ impl Batches {
 
     /// Appends one line for `log` (written by `line`), handing the batch over once it is
     /// large enough.
-    pub fn append(&mut self, log: &AccessLog, now_secs: u64, line: impl FnOnce(&mut Vec<u8>)) {
+    pub fn append(&mut self, log: &AccessLog, line: impl FnOnce(&mut Vec<u8>)) {
         let i = match self
             .open
             .iter()
@@ -498,17 +498,17 @@ impl Batches {
         if batch.bytes.len() >= BATCH_BYTES {
             let bytes = writer.take_buffer();
             let full = std::mem::replace(batch, Batch { bytes, records: 0 });
-            writer.submit(full, now_secs);
+            writer.submit(full);
         }
     }
 
     /// Hands every non-empty batch over (at each worker tick, and at the end).
-    pub fn flush(&mut self, now_secs: u64) {
+    pub fn flush(&mut self) {
         for (writer, batch) in &mut self.open {
             if batch.records > 0 {
                 let bytes = writer.take_buffer();
                 let full = std::mem::replace(batch, Batch { bytes, records: 0 });
-                writer.submit(full, now_secs);
+                writer.submit(full);
             }
         }
     }
@@ -522,8 +522,6 @@ pub struct Writer {
     reopen: AtomicBool,
     closing: AtomicBool,
     dropped: AtomicU64,
-    /// When a drop was last reported (Unix seconds), so a flood logs once a second.
-    reported: AtomicU64,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -545,7 +543,6 @@ impl Writer {
             reopen: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
-            reported: AtomicU64::new(0),
             thread: Mutex::new(None),
         });
         let w = writer.clone();
@@ -558,8 +555,8 @@ impl Writer {
     }
 
     /// Hands a batch to the writer; a full queue drops it, counts its records and says
-    /// so (at most once a second). Never waits.
-    pub fn submit(&self, batch: Batch, now_secs: u64) {
+    /// so (at most once a second per destination: [`crate::log`]'s rate limit). Never waits.
+    pub fn submit(&self, batch: Batch) {
         let records = batch.records;
         match self.full.push(batch) {
             Ok(()) => {
@@ -574,18 +571,10 @@ impl Writer {
             }
             Err(_) => {
                 let total = self.dropped.fetch_add(records, Ordering::Relaxed) + records;
-                let last = self.reported.load(Ordering::Relaxed);
-                if now_secs > last
-                    && self
-                        .reported
-                        .compare_exchange(last, now_secs, Ordering::Relaxed, Ordering::Relaxed)
-                        .is_ok()
-                {
-                    crate::error!(
-                        "access log {}: the writer is behind; {records} records dropped ({total} in all)",
-                        self.destination
-                    );
-                }
+                crate::error_limited!(key = self.destination;
+                    "access log {}: the writer is behind; {records} records dropped ({total} in all)",
+                    self.destination
+                );
             }
         }
     }
@@ -795,7 +784,6 @@ mod tests {
             reopen: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
-            reported: AtomicU64::new(0),
             thread: Mutex::new(None),
         };
         for _ in 0..QUEUED_BATCHES + 10 {
@@ -803,7 +791,7 @@ mod tests {
                 bytes: b"line\nline\n".to_vec(),
                 records: 2,
             };
-            w.submit(batch, 1);
+            w.submit(batch);
         }
         assert_eq!(w.dropped(), 20);
     }

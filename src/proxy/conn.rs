@@ -272,8 +272,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             epoch_ms: record.start.wall_ms(),
             time: batches.time(record.start.wall_secs()),
         };
-        let now = record.start.wall_secs();
-        batches.append(log, now, |out| format(out, &log.spec.format, &entry));
+        batches.append(log, |out| format(out, &log.spec.format, &entry));
     }
 
     /// Reads until `buf` starts with a complete request head.

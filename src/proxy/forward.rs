@@ -6,6 +6,9 @@
 //!
 //! Must not: copy a large body piece (it goes from the read buffer to the socket), reuse
 //! an upstream connection whose framing was broken, or retry what may have had an effect.
+//! A target's failure (no response, an invalid head, a timeout, a body cut short) is
+//! logged where it is handled, rate-limited per target ([`crate::log`]); connect failures
+//! are logged by [`upstream::connect`].
 
 use bytes::{Buf, BytesMut};
 use monoio::buf::IoBuf;
@@ -30,8 +33,10 @@ enum RelayError {
     Timeout,
     /// The upstream sent something that is not a valid response head.
     BadHead,
-    /// The head went to the client, then the upstream or the client failed: close.
+    /// The head went to the client, then the client failed: close.
     Broken,
+    /// The head went to the client, then the upstream failed (why): close.
+    UpstreamBroke(&'static str),
 }
 
 enum Failure {
@@ -89,11 +94,13 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     Ok(c) => c,
                     Err(e) => {
                         // Nothing was sent: any method may go to another target.
-                        health[target].failure(upstream);
+                        health[target].failure(upstream, target);
                         tried.add(target);
                         failure = match e {
                             ConnectError::Timeout => (504, Refusal::IntegrationTimeout),
-                            ConnectError::Io(_) => (502, Refusal::IntegrationFailure),
+                            ConnectError::Io(_) | ConnectError::Tls(_) => {
+                                (502, Refusal::IntegrationFailure)
+                            }
                         };
                         continue;
                     }
@@ -138,13 +145,18 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             let (written, mut out) = conn.write_all(out).await;
             out.clear();
             self.out = out;
-            if written.is_err() {
+            if let Err(e) = written {
                 if reused {
                     // A pooled connection found dead before the request was written: any
                     // method may be retried, on a fresh connection.
                     fresh_only = true;
                 } else {
-                    health[target].failure(upstream);
+                    let addr = upstream.targets[target].addr;
+                    crate::warn_limited!(key = addr;
+                        "{}: cannot send the request ({e})",
+                        upstream.target_label(target)
+                    );
+                    health[target].failure(upstream, target);
                     tried.add(target);
                     failure = (502, Refusal::IntegrationFailure);
                 }
@@ -166,7 +178,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
 
             match result {
                 Ok((upstream_reusable, client_keep)) => {
-                    health[target].success();
+                    health[target].success(upstream, target);
                     if upstream_reusable {
                         gen.pools.borrow_mut().groups[group].put_idle(target, conn, self.ex.now);
                     }
@@ -180,7 +192,12 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     if reused {
                         fresh_only = true;
                     } else {
-                        health[target].failure(upstream);
+                        let addr = upstream.targets[target].addr;
+                        crate::warn_limited!(key = addr;
+                            "{}: closed the connection without a response",
+                            upstream.target_label(target)
+                        );
+                        health[target].failure(upstream, target);
                         tried.add(target);
                     }
                     // Only an idempotent request whose body is still at hand is sent again.
@@ -191,16 +208,36 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     return self.fail(route_id, failure, whole_body_buffered).await;
                 }
                 Err(Failure::Relay(RelayError::Timeout)) => {
-                    health[target].failure(upstream);
+                    let addr = upstream.targets[target].addr;
+                    crate::warn_limited!(key = addr;
+                        "{}: response timed out after {:?}",
+                        upstream.target_label(target),
+                        upstream.response_timeout
+                    );
+                    health[target].failure(upstream, target);
                     let timeout = (504, Refusal::IntegrationTimeout);
                     return self.fail(route_id, timeout, whole_body_buffered).await;
                 }
                 Err(Failure::Relay(RelayError::BadHead)) => {
-                    health[target].failure(upstream);
+                    let addr = upstream.targets[target].addr;
+                    crate::warn_limited!(key = addr;
+                        "{}: invalid response head",
+                        upstream.target_label(target)
+                    );
+                    health[target].failure(upstream, target);
                     let bad = (502, Refusal::IntegrationFailure);
                     return self.fail(route_id, bad, whole_body_buffered).await;
                 }
                 Err(Failure::Relay(RelayError::Broken)) => {
+                    self.ex.record.refusal = Some(Refusal::UpstreamBroke);
+                    return Outcome::Close;
+                }
+                Err(Failure::Relay(RelayError::UpstreamBroke(why))) => {
+                    let addr = upstream.targets[target].addr;
+                    crate::warn_limited!(key = addr;
+                        "{}: response cut short: {why}",
+                        upstream.target_label(target)
+                    );
                     self.ex.record.refusal = Some(Refusal::UpstreamBroke);
                     return Outcome::Close;
                 }
@@ -417,7 +454,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                         }
                         Err(_) => {
                             self.ubuf = ubuf;
-                            return Err(RelayError::Broken);
+                            return Err(RelayError::UpstreamBroke("invalid chunked body"));
                         }
                     },
                     _ => ubuf.len(),
@@ -450,7 +487,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             }
             ubuf.clear();
             match timeout(upstream.response_timeout, read_more(conn, ubuf, BODY_CHUNK)).await {
-                Err(_) => return Err(RelayError::Broken),
+                Err(_) => return Err(RelayError::UpstreamBroke("the body timed out")),
                 Ok((Ok(0), b)) if until_close => {
                     ubuf = b;
                     if rechunk {
@@ -461,7 +498,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 }
                 Ok((Ok(0) | Err(_), b)) => {
                     self.ubuf = b;
-                    return Err(RelayError::Broken);
+                    return Err(RelayError::UpstreamBroke("the connection ended mid-body"));
                 }
                 Ok((Ok(_), b)) => ubuf = b,
             }

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod stream;
-pub use stream::{Accepted, TlsStream};
+pub use stream::{refused_client_certificate, Accepted, TlsStream};
 
 use rustls::crypto::ring::sign::any_supported_type;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};

@@ -26,6 +26,16 @@ use rustls::{
     ClientConfig, ClientConnection, ConnectionCommon, ServerConfig, ServerConnection, SideData,
 };
 
+/// Whether a failed server handshake was the client's certificate being refused (mutual
+/// TLS): none presented where one is required, or one that does not verify.
+pub fn refused_client_certificate(e: &io::Error) -> bool {
+    matches!(
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
+    )
+}
+
 /// Ciphertext read from the socket per read: the largest TLS record and its header.
 const READ_SIZE: usize = 16 * 1024 + 512;
 
@@ -47,6 +57,9 @@ pub enum Accepted {
     /// socket is handed back, with what was read of the request unconsumed, so the caller
     /// can answer in plain HTTP.
     PlainHttp(TcpStream),
+    /// The client closed without sending a byte: a port probe or a TCP health check,
+    /// not a failed handshake.
+    Closed,
 }
 
 impl TlsStream<ServerConnection> {
@@ -60,7 +73,7 @@ impl TlsStream<ServerConnection> {
         let mut s = TlsStream::new(io, conn);
         let n = s.read_tls_from_socket().await?;
         if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
+            return Ok(Accepted::Closed);
         }
         if s.incoming[0].is_ascii_alphabetic() {
             return Ok(Accepted::PlainHttp(s.io));

@@ -7,6 +7,7 @@ mod api_keys;
 mod cache;
 mod check;
 mod epoll;
+mod error_log;
 mod lifecycle;
 mod limits;
 mod proxying;
