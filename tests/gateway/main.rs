@@ -10,6 +10,7 @@ mod epoll;
 mod error_log;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod proxying;
 mod quotas;
 mod reload;
