@@ -118,12 +118,13 @@ fn steady_state_proxying_allocates_nothing_per_request() {
         .expect("origin address")
         .to_string();
 
-    // The gateway under test, in this process, with its access log on (JSON, to a file).
+    // The gateway under test, in this process, with its access log on (JSON, to a file)
+    // and its metrics counted (on with [admin]).
     let access_log = std::env::temp_dir().join(format!("weir-alloc-{}.log", std::process::id()));
     let access_log = access_log.display();
     let config = weir::config::parse(
         &format!(
-            "[server]\nworkers = 1\n[http]\nkeepalive_requests = 1000000\n[access_log]\npath = \"{access_log}\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream.origin]\ntargets = [\"{origin_addr}\"]\n[[route]]\npath = \"/items/{{*p}}\"\nupstream = \"origin\"\n\
+            "[server]\nworkers = 1\n[http]\nkeepalive_requests = 1000000\n[access_log]\npath = \"{access_log}\"\n[admin]\naddress = \"127.0.0.1:0\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream.origin]\ntargets = [\"{origin_addr}\"]\n[[route]]\npath = \"/items/{{*p}}\"\nupstream = \"origin\"\n\
              [[route]]\npath = \"/cached/{{*p}}\"\nupstream = \"origin\"\nstrip_prefix = \"/cached\"\ncache = {{ }}\n\
              [[api_key]]\nid = \"alloc\"\nvalue = \"alloc-test-key-0123456789\"\n\
              [[route]]\npath = \"/keyed/{{*p}}\"\nupstream = \"origin\"\napi_key_required = true\nthrottle = {{ rate = 1000000, burst = 1000000, headers = true }}\n\
