@@ -10,14 +10,15 @@
 //!   (API keys: [`auth`]; throttle: [`limit`], [`quota`]; the response [`cache`]), then its
 //!   integration (a mock, or an [`upstream`] with [`rewrite`]n headers); every response
 //!   goes through one responder, and every request ends in one place with its
-//!   [`observe::Record`].
+//!   [`observe::Record`], which the access log and the metrics ([`observe`]) read.
 //!
 //! [`config`] reads and checks the file; [`gateway`] compiles it into one generation that
 //! workers share, with state from the [`registry`] that outlives generations. A reload
 //! ([`server::Control::reload`], reached by SIGHUP or through [`control`]) publishes a new
 //! generation; each request runs on the one that served when it started. Around them,
-//! [`privileges`] drops root once the listeners are bound, and [`notify`] tells a service
-//! manager when the gateway is ready, reloading or stopping.
+//! [`privileges`] drops root once the listeners are bound, [`notify`] tells a service
+//! manager when the gateway is ready, reloading or stopping, and [`admin`] serves the
+//! admin API (metrics, health, the route table, reload, purge) on its own threads.
 
 pub mod accept;
 pub mod admin;

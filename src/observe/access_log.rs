@@ -2,7 +2,7 @@
 //! per-worker batch, and written by a thread of its own per destination.
 //!
 //! Owns: the log's settings ([`AccessLogSpec`], re-exported by `config`), the line
-//! formats ([`format`]: JSON with API Gateway's `$context` names, or nginx's combined
+//! formats ([`format()`]: JSON with API Gateway's `$context` names, or nginx's combined
 //! format), and the writer threads ([`Writer`]): a worker hands over whole batches through a
 //! bounded queue and never waits; a batch that finds the queue full is dropped and its
 //! records counted ([`Writer::dropped`]). Files are reopened on request (SIGUSR1, a
