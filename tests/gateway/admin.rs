@@ -9,16 +9,6 @@ use crate::support::*;
 
 const TOKEN: &str = "admin-token-0123456789abcdef";
 
-/// The admin API's address, from the start line `admin API on http://ADDR`.
-fn admin_addr(weir: &Weir) -> SocketAddr {
-    let log = weir.log();
-    let rest = log
-        .split("admin API on http://")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no admin line in:\n{log}"));
-    rest.split_whitespace().next().unwrap().parse().unwrap()
-}
-
 /// Sends `METHOD path` to the admin API and parses the JSON answer.
 fn call(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
     let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
@@ -78,7 +68,7 @@ fn dead_addrs() -> [SocketAddr; 2] {
 fn the_admin_api_answers_with_the_token_and_only_with_it() {
     let backend = Backend::start();
     let weir = Weir::start(&config(backend.addr, dead_addrs()));
-    let admin = admin_addr(&weir);
+    let admin = weir.admin_addr();
 
     let (status, body) = call(admin, "GET", "/healthz", None);
     assert_eq!(status, 401, "{body}");
@@ -105,7 +95,7 @@ fn the_admin_api_answers_with_the_token_and_only_with_it() {
 fn routes_config_and_upstreams_describe_what_serves() {
     let backend = Backend::start();
     let weir = Weir::start(&config(backend.addr, dead_addrs()));
-    let admin = admin_addr(&weir);
+    let admin = weir.admin_addr();
 
     let (status, body) = call(admin, "GET", "/routes", Some(TOKEN));
     assert_eq!(status, 200);
@@ -140,7 +130,7 @@ fn routes_config_and_upstreams_describe_what_serves() {
 fn readyz_says_which_upstream_has_every_target_down() {
     let backend = Backend::start();
     let weir = Weir::start(&config(backend.addr, dead_addrs()));
-    let admin = admin_addr(&weir);
+    let admin = weir.admin_addr();
     let (status, body) = call(admin, "GET", "/readyz", Some(TOKEN));
     assert_eq!(
         (status, &body["status"]),
@@ -170,7 +160,7 @@ fn reload_and_purge_through_the_admin_api() {
     let backend = Backend::start();
     let dead = dead_addrs();
     let weir = Weir::start(&config(backend.addr, dead));
-    let admin = admin_addr(&weir);
+    let admin = weir.admin_addr();
 
     assert_eq!(
         try_get(weir.addr(), "/items/1", "")

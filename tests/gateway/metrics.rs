@@ -28,15 +28,6 @@ fn scrape(admin: SocketAddr) -> HashMap<String, f64> {
         .collect()
 }
 
-fn admin_addr(weir: &Weir) -> SocketAddr {
-    let log = weir.log();
-    let rest = log
-        .split("admin API on http://")
-        .nth(1)
-        .expect("admin line");
-    rest.split_whitespace().next().unwrap().parse().unwrap()
-}
-
 /// How much each of `series` grew between two scrapes.
 fn grew(before: &HashMap<String, f64>, after: &HashMap<String, f64>, series: &str) -> f64 {
     after.get(series).copied().unwrap_or(0.0) - before.get(series).copied().unwrap_or(0.0)
@@ -82,7 +73,7 @@ cache = {{ ttl = "60s" }}
     );
     // One worker: the cache hit finds what the miss stored.
     let weir = Weir::start(&format!("[server]\nworkers = 1\n{config}"));
-    let admin = admin_addr(&weir);
+    let admin = weir.admin_addr();
     let addr = weir.addr();
     let before = scrape(admin);
 

@@ -122,6 +122,16 @@ impl Weir {
         Ok(weir)
     }
 
+    /// The admin API's address, from the start line `admin API on http://ADDR`.
+    pub fn admin_addr(&self) -> SocketAddr {
+        let log = self.log();
+        let rest = log
+            .split("admin API on http://")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no admin API line in:\n{log}"));
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
     /// The address of the only (or first-named) listener.
     pub fn addr(&self) -> SocketAddr {
         if self.listeners.len() == 1 {
