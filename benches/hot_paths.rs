@@ -160,6 +160,7 @@ fn rewrite(c: &mut Criterion) {
                         validators: b"",
                         hidden: [b"", b""],
                         api_key_id: None,
+                        traceparent: b"",
                     },
                 );
                 black_box(&out);
@@ -220,6 +221,7 @@ fn access_log(c: &mut Criterion) {
         route_has_methods: true,
         api_key_id: "alice",
         upstream: "10.0.0.7:8080",
+        trace_id: b"4bf92f3577b34da6a3ce929d0e0e4736",
         epoch_ms: 1_796_333_885_123,
         time: clf_time(1_796_333_885),
     };

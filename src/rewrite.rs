@@ -57,6 +57,9 @@ pub struct ForwardRequest<'a> {
     pub hidden: [&'a [u8]; 2],
     /// A header line Weir adds: (lower-case name, value), e.g. the checked API key's id.
     pub api_key_id: Option<(&'a [u8], &'a [u8])>,
+    /// A `traceparent` Weir made for this request (the client sent none, or no valid
+    /// one): sent instead of the client's. Empty: the client's goes on as it came.
+    pub traceparent: &'a [u8],
 }
 
 impl ForwardRequest<'_> {
@@ -83,6 +86,7 @@ pub fn request_head(out: &mut Vec<u8>, f: &ForwardRequest) {
             HeaderKind::Other => !hiding || !f.hides(h.name.of(buf)),
             HeaderKind::ContentLength | HeaderKind::TransferEncoding => true,
             HeaderKind::Conditional => !f.drop_conditionals,
+            HeaderKind::TraceParent => f.traceparent.is_empty(),
             _ => false,
         },
     );
@@ -116,6 +120,11 @@ pub fn request_head(out: &mut Vec<u8>, f: &ForwardRequest) {
     out.extend_from_slice(b"\r\nx-request-id: ");
     out.extend_from_slice(f.request_id);
     out.extend_from_slice(b"\r\n");
+    if !f.traceparent.is_empty() {
+        out.extend_from_slice(b"traceparent: ");
+        out.extend_from_slice(f.traceparent);
+        out.extend_from_slice(b"\r\n");
+    }
     if let Some((name, value)) = f.api_key_id {
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
@@ -308,6 +317,7 @@ mod tests {
                 validators: b"",
                 hidden: [b"", b""],
                 api_key_id: None,
+                traceparent: b"",
             },
         );
         String::from_utf8(out).unwrap()

@@ -143,6 +143,8 @@ pub struct Worker {
     date: RefCell<DateCache>,
     request_seed: u64,
     request_seq: Cell<u64>,
+    /// The state of the `traceparent` generator.
+    trace_state: Cell<u64>,
     in_flight: Cell<usize>,
     draining: Cell<bool>,
     drain_waiters: RefCell<Vec<Waker>>,
@@ -165,6 +167,9 @@ impl Worker {
             date: RefCell::default(),
             request_seed: seed ^ (id as u64).rotate_left(56),
             request_seq: Cell::new(0),
+            trace_state: Cell::new(
+                seed.rotate_left(17) ^ (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            ),
             in_flight: Cell::new(0),
             draining: Cell::new(false),
             drain_waiters: RefCell::default(),
@@ -244,6 +249,28 @@ impl Worker {
         let mut out = [0u8; 29];
         out.copy_from_slice(d.at(now.wall_secs()));
         out
+    }
+
+    /// A new `traceparent`: version 00, a random trace id and parent id, sampled.
+    pub fn next_traceparent(&self, out: &mut [u8; 55]) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        // wyrand: fast, and random enough for ids (not for secrets).
+        let next = || {
+            let s = self.trace_state.get().wrapping_add(0xa076_1d64_78bd_642f);
+            self.trace_state.set(s);
+            let t = u128::from(s) * u128::from(s ^ 0xe703_7ed1_a0b4_28db);
+            ((t >> 64) ^ t) as u64 | 1
+        };
+        let words = [next(), next(), next()];
+        out[..3].copy_from_slice(b"00-");
+        for (i, o) in out[3..35].iter_mut().enumerate() {
+            *o = HEX[(words[i / 16] >> (60 - 4 * (i % 16)) & 0xf) as usize];
+        }
+        out[35] = b'-';
+        for (i, o) in out[36..52].iter_mut().enumerate() {
+            *o = HEX[(words[2] >> (60 - 4 * i) & 0xf) as usize];
+        }
+        out[52..].copy_from_slice(b"-01");
     }
 
     /// A new request id: 32 hex digits, unique per process run, worker and request.

@@ -1,5 +1,5 @@
 //! `[access_log]` and a listener's `access_log`: where each request's line goes, in which
-//! format, and which requests are logged.
+//! format, and which requests are logged; and `[tracing]`, the `traceparent` Weir makes.
 //!
 //! Owns: the file form of [`AccessLogSpec`] (owned by `observe::access_log`, re-exported
 //! here) and its checks: the format's field names, `only`, `sample`, and that a file's
@@ -52,6 +52,15 @@ pub(super) struct AccessLogFile {
 pub(super) enum FormatFile {
     Preset(String),
     Fields(Vec<String>),
+}
+
+/// `[tracing]`: W3C Trace Context.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TracingFile {
+    /// Start a trace (send a new `traceparent` upstream) for a request that has no valid
+    /// one. Default true; a valid one is always passed on as it came.
+    pub(super) generate: Option<bool>,
 }
 
 /// A listener's `access_log`: a table, or `false`.

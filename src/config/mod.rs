@@ -69,7 +69,7 @@ use self::cache::CacheFile;
 use self::errors::{deserialize_all, Checker};
 use self::limits::{resolve_throttle, ThrottleFile};
 use self::listener::{resolve_listeners, ListenerFile};
-use self::log::{resolve_access_log, AccessLogFile};
+use self::log::{resolve_access_log, AccessLogFile, TracingFile};
 use self::route::{resolve_route, RouteContext, RouteFile};
 use self::server::{resolve_http, resolve_server, HttpFile, ServerFile};
 use self::upstream::{resolve_upstream, UpstreamFile};
@@ -97,6 +97,8 @@ pub struct Config {
     pub access_log: Option<AccessLogSpec>,
     /// `[admin]`: the admin API, if configured.
     pub admin: Option<Admin>,
+    /// `[tracing] generate`: make a `traceparent` for requests without a valid one.
+    pub make_traceparent: bool,
     /// The file's text, for the admin API's `/config` (secrets redacted there).
     pub source: std::sync::Arc<str>,
     pub listeners: Vec<Listener>,
@@ -147,6 +149,9 @@ struct ConfigFile {
     /// The admin API (off unless configured).
     #[serde(default)]
     admin: Option<Spanned<AdminFile>>,
+    /// W3C Trace Context.
+    #[serde(default)]
+    tracing: Option<Spanned<TracingFile>>,
     #[serde(default)]
     listener: Vec<Spanned<ListenerFile>>,
     #[serde(default)]
@@ -243,6 +248,10 @@ fn resolve(raw: ConfigFile, ck: &mut Checker) -> Option<Config> {
     let listeners = resolve_listeners(raw.listener, ck);
     let access_log = raw.access_log.and_then(|a| resolve_access_log(a, ck));
     let admin = raw.admin.and_then(|a| resolve_admin(a, ck));
+    let make_traceparent = raw
+        .tracing
+        .and_then(|t| t.into_inner().generate)
+        .unwrap_or(true);
 
     let mut upstreams = Vec::new();
     for (name, u) in raw.upstream {
@@ -320,6 +329,7 @@ fn resolve(raw: ConfigFile, ck: &mut Checker) -> Option<Config> {
         cache_memory,
         access_log,
         admin,
+        make_traceparent,
         source: ck.src.into(),
         listeners,
         upstreams,

@@ -119,6 +119,8 @@ pub enum HeaderKind {
     XForwardedProto,
     XForwardedHost,
     XRequestId,
+    /// `traceparent` (W3C Trace Context): passed on, or replaced when not valid.
+    TraceParent,
     /// Keep-Alive, Proxy-*, TE, Trailer, Upgrade: hop-by-hop by definition (RFC 9110 §7.6.1).
     HopByHop,
     /// `X-Client-Cert-*`: written by Weir from a verified client certificate, never taken
@@ -160,6 +162,7 @@ pub fn classify(name: &[u8]) -> HeaderKind {
         7 if eq(b"upgrade") || eq(b"trailer") => HeaderKind::HopByHop,
         10 if eq(b"connection") => HeaderKind::Connection,
         10 if eq(b"keep-alive") => HeaderKind::HopByHop,
+        11 if eq(b"traceparent") => HeaderKind::TraceParent,
         12 if eq(b"x-request-id") => HeaderKind::XRequestId,
         13 if eq(b"if-none-match") => HeaderKind::Conditional,
         14 if eq(b"content-length") => HeaderKind::ContentLength,
@@ -184,6 +187,25 @@ pub fn is_framing_or_hop_header(lower: &[u8]) -> bool {
             | HeaderKind::HopByHop
             | HeaderKind::XRequestId
     ) || lower == b"date"
+}
+
+/// Whether `v` is a `traceparent` Weir passes on: version `00`, a trace id and a parent
+/// id in lower-case hex and not all zeros, and flags (W3C Trace Context §3.2).
+pub fn is_valid_traceparent(v: &[u8]) -> bool {
+    let hex = |s: &[u8]| {
+        s.iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    };
+    let nonzero = |s: &[u8]| s.iter().any(|&b| b != b'0');
+    v.len() == 55
+        && v.starts_with(b"00-")
+        && v[35] == b'-'
+        && v[52] == b'-'
+        && hex(&v[3..35])
+        && nonzero(&v[3..35])
+        && hex(&v[36..52])
+        && nonzero(&v[36..52])
+        && hex(&v[53..55])
 }
 
 /// Does the comma-separated list `value` contain `token` (case-insensitive)?
@@ -292,5 +314,31 @@ mod tests {
         assert_eq!(parse_content_length(b"42, 42"), None);
         assert_eq!(parse_content_length(b""), None);
         assert_eq!(parse_content_length(b"99999999999999999999"), None);
+    }
+}
+
+#[cfg(test)]
+mod traceparent_tests {
+    use super::is_valid_traceparent as valid;
+
+    #[test]
+    fn only_a_well_formed_version_00_traceparent_is_valid() {
+        assert!(valid(
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
+        assert!(valid(
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+        ));
+        for bad in [
+            &b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"[..],
+            b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            b"00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"",
+        ] {
+            assert!(!valid(bad), "{}", String::from_utf8_lossy(bad));
+        }
     }
 }

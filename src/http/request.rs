@@ -52,6 +52,10 @@ pub struct RequestHead {
     pub connection_names_headers: bool,
     /// A usable client-supplied X-Request-Id.
     pub request_id: Option<Span>,
+    /// The client's `traceparent`, when it sent exactly one and it is valid.
+    pub traceparent: Option<Span>,
+    /// How many `traceparent` fields the client sent.
+    pub traceparents: u8,
 }
 
 impl RequestHead {
@@ -154,6 +158,8 @@ pub fn parse_request(
     head.headers.clear();
     head.host = Span::EMPTY;
     head.request_id = None;
+    head.traceparent = None;
+    head.traceparents = 0;
     head.connection_names_headers = false;
     head.absolute_form = false;
     head.implied_root = false;
@@ -223,6 +229,12 @@ pub fn parse_request(
                 if !v.is_empty() && v.len() <= 200 && v.iter().all(|b| b.is_ascii_graphic()) =>
             {
                 head.request_id = Some(Span::within(buf, v));
+            }
+            HeaderKind::TraceParent => {
+                // Two are as good as none (W3C Trace Context §3.2): replaced.
+                head.traceparents = head.traceparents.saturating_add(1);
+                head.traceparent = (head.traceparents == 1 && crate::http::is_valid_traceparent(v))
+                    .then(|| Span::within(buf, v));
             }
             _ => {}
         }

@@ -69,11 +69,12 @@ pub enum Field {
     UserAgent,
     CacheStatus,
     Upstream,
+    TraceId,
 }
 
 impl Field {
     /// Every field with its name, in the default JSON line's order.
-    pub const ALL: [(Field, &'static str); 21] = [
+    pub const ALL: [(Field, &'static str); 22] = [
         (Field::RequestId, "requestId"),
         (Field::Ip, "ip"),
         (Field::RequestTime, "requestTime"),
@@ -95,6 +96,7 @@ impl Field {
         (Field::UserAgent, "userAgent"),
         (Field::CacheStatus, "cacheStatus"),
         (Field::Upstream, "upstream"),
+        (Field::TraceId, "traceId"),
     ];
 
     /// The field named `name` (also accepted: API Gateway's long forms
@@ -120,7 +122,7 @@ impl Field {
 }
 
 /// Each field's `"name":`, in [`Field::ALL`]'s order (the enum's).
-const KEYS: [&str; 21] = [
+const KEYS: [&str; 22] = [
     "\"requestId\":",
     "\"ip\":",
     "\"requestTime\":",
@@ -142,6 +144,7 @@ const KEYS: [&str; 21] = [
     "\"userAgent\":",
     "\"cacheStatus\":",
     "\"upstream\":",
+    "\"traceId\":",
 ];
 
 /// A line's format.
@@ -203,6 +206,8 @@ pub struct Entry<'a> {
     pub api_key_id: &'a str,
     /// The target's address as configured.
     pub upstream: &'a str,
+    /// The W3C trace id (32 hex digits) of the request's `traceparent`.
+    pub trace_id: &'a [u8],
     /// The request's start, in Unix milliseconds.
     pub epoch_ms: u64,
     /// The same second as `03/Dec/2026:21:38:05 +0000` ([`Batches::time`] keeps it).
@@ -295,6 +300,7 @@ fn json_line(out: &mut Vec<u8>, fields: &[Field], e: &Entry) {
                 r.cache.map_or("", crate::cache::Status::name).as_bytes(),
             ),
             Field::Upstream => json_str(out, e.upstream.as_bytes()),
+            Field::TraceId => json_str(out, e.trace_id),
         }
     }
     out.push(b'}');
@@ -693,6 +699,7 @@ mod tests {
             route_has_methods: false,
             api_key_id: "alice",
             upstream: "10.0.0.1:8080",
+            trace_id: b"4bf92f3577b34da6a3ce929d0e0e4736",
             epoch_ms: 1_764_797_885_123,
             time: clf_time(1_764_797_885),
         }

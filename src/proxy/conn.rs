@@ -269,6 +269,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     .authority
                     .as_str()
             }),
+            trace_id: self.ex.trace_id(),
             epoch_ms: record.start.wall_ms(),
             time: batches.time(record.start.wall_secs()),
         };

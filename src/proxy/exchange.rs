@@ -38,12 +38,15 @@ pub(super) struct Exchange {
     pub facts: RequestFacts,
     /// The request's one clock reading, taken when its head was complete.
     pub now: Now,
-    /// The request id, then (when the listener logs) the method, target, `User-Agent`
-    /// and `Referer` copied from the head: the access log's line is written after the
-    /// head's bytes are gone. Reused from request to request.
+    /// The request id, the `traceparent` (the client's, or one Weir made), then (when the
+    /// listener logs) the method, target, `User-Agent` and `Referer` copied from the head:
+    /// the access log's line is written after the head's bytes are gone. Reused from
+    /// request to request.
     text: Vec<u8>,
     /// Where each of those ends in `text`.
-    ends: [u32; 5],
+    ends: [u32; 6],
+    /// The `traceparent` in `text` is Weir's: it goes upstream instead of the client's.
+    pub trace_made: bool,
     /// A `100 Continue` went to the client (an upstream's own 100 is then not relayed).
     pub sent_continue: bool,
     /// What the route's stages left for the response and the relay.
@@ -72,6 +75,7 @@ impl Exchange {
         self.sent_continue = false;
         self.taken.reset();
         self.new_request_id(worker, Some((buf, head)));
+        self.trace(worker, buf, head, gen.gateway.config.make_traceparent);
         if gen.gateway.access_logs[listener].is_some() {
             self.keep_for_log(buf, head);
         }
@@ -109,11 +113,40 @@ impl Exchange {
             }
         }
         let end = self.text.len() as u32;
-        self.ends = [end; 5];
+        self.ends = [end; 6];
+        self.trace_made = false;
     }
 
     pub fn request_id(&self) -> &[u8] {
         &self.text[..self.ends[0] as usize]
+    }
+
+    /// Keeps the client's valid `traceparent`, or makes one when `make` (W3C Trace
+    /// Context: a request without a valid one starts a trace here).
+    pub fn trace(&mut self, worker: &Worker, buf: &[u8], head: &RequestHead, make: bool) {
+        self.text.truncate(self.ends[0] as usize);
+        match head.traceparent {
+            Some(span) => self.text.extend_from_slice(span.of(buf)),
+            None if make => {
+                let mut value = [0u8; 55];
+                worker.next_traceparent(&mut value);
+                self.text.extend_from_slice(&value);
+                self.trace_made = true;
+            }
+            None => {}
+        }
+        let end = self.text.len() as u32;
+        self.ends[1..].fill(end);
+    }
+
+    /// The request's `traceparent` (empty when it has none).
+    pub fn traceparent(&self) -> &[u8] {
+        &self.text[self.ends[0] as usize..self.ends[1] as usize]
+    }
+
+    /// The trace id in the request's `traceparent` (empty when it has none).
+    pub fn trace_id(&self) -> &[u8] {
+        self.traceparent().get(3..35).unwrap_or(b"")
     }
 
     /// Copies what the access log needs of the head (after the request id).
@@ -121,7 +154,7 @@ impl Exchange {
         /// A target longer than this is logged cut (nginx logs it whole; a line per
         /// request should not carry 64 KiB).
         const MAX_TARGET: usize = 4096;
-        self.text.truncate(self.ends[0] as usize);
+        self.text.truncate(self.ends[1] as usize);
         let mut user_agent: &[u8] = b"";
         let mut referer: &[u8] = b"";
         for h in &head.headers {
@@ -141,14 +174,14 @@ impl Exchange {
         ];
         for (i, part) in parts.iter().enumerate() {
             self.text.extend_from_slice(part);
-            self.ends[i + 1] = self.text.len() as u32;
+            self.ends[i + 2] = self.text.len() as u32;
         }
     }
 
     /// The `i`th piece kept by [`Exchange::keep_for_log`]: method, target, user agent,
     /// referer.
     pub fn kept(&self, i: usize) -> &[u8] {
-        &self.text[self.ends[i] as usize..self.ends[i + 1] as usize]
+        &self.text[self.ends[i + 1] as usize..self.ends[i + 2] as usize]
     }
 }
 

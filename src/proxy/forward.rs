@@ -132,6 +132,11 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                         },
                         route.api_key_id_header.as_deref().unwrap_or("").as_bytes(),
                     ],
+                    traceparent: if self.ex.trace_made {
+                        self.ex.traceparent()
+                    } else {
+                        b""
+                    },
                     api_key_id: route.api_key_id_header.as_deref().and_then(|name| {
                         let key = taken.api_key?;
                         Some((

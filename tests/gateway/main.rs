@@ -20,4 +20,5 @@ mod smuggling;
 mod support;
 mod throttling;
 mod tls;
+mod tracing;
 mod upstream_failures;
