@@ -46,6 +46,8 @@ const NANOS: f64 = 1e9;
 pub struct SharedBucket {
     /// Name used in the `RateLimit` and `RateLimit-Policy` fields.
     pub name: String,
+    /// Whose bucket it is (for metrics: which level refused).
+    pub scope: Scope,
     pub rate: f64,
     pub burst: u32,
     /// Nanoseconds per token.
@@ -54,6 +56,34 @@ pub struct SharedBucket {
     capacity: u64,
     max_lease: u32,
     tat: AtomicU64,
+}
+
+/// Whose requests a bucket counts, in API Gateway's terms where they exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// Every request (API Gateway's account level).
+    Global,
+    /// A listener's (the stage level).
+    Listener,
+    /// A route's (the method level).
+    #[default]
+    Route,
+    /// An API key's, from its usage plan (for the key, or the key on a route).
+    Key,
+    /// One client address's, on a route (`throttle_per_ip`).
+    Client,
+}
+
+impl Scope {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Global => "global",
+            Scope::Listener => "listener",
+            Scope::Route => "route",
+            Scope::Key => "key",
+            Scope::Client => "client",
+        }
+    }
 }
 
 /// Why a bucket refused.
@@ -67,11 +97,20 @@ pub struct Refusal {
 
 impl SharedBucket {
     /// `rate` tokens per second (fractions allowed), `burst` tokens at most.
+    /// A bucket of `scope`.
+    pub fn scoped(scope: Scope, name: &str, rate: f64, burst: u32) -> SharedBucket {
+        SharedBucket {
+            scope,
+            ..SharedBucket::new(name, rate, burst)
+        }
+    }
+
     pub fn new(name: &str, rate: f64, burst: u32) -> SharedBucket {
         let interval = ((NANOS / rate).round() as u64).max(1);
         let burst = burst.max(1);
         SharedBucket {
             name: name.to_string(),
+            scope: Scope::Route,
             rate,
             burst,
             interval,
@@ -335,7 +374,7 @@ const TAT_MASK: u64 = (1 << TAT_BITS) - 1;
 
 impl PerIpBuckets {
     pub fn new(name: &str, rate: f64, burst: u32, clients: usize) -> PerIpBuckets {
-        let bucket = SharedBucket::new(name, rate, burst);
+        let bucket = SharedBucket::scoped(Scope::Client, name, rate, burst);
         let interval = (bucket.interval / UNIT_NANOS).max(1);
         PerIpBuckets {
             capacity: interval * u64::from(bucket.burst),

@@ -15,7 +15,7 @@ use std::hash::Hash;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use crate::limit::{PerIpBuckets, SharedBucket};
+use crate::limit::{PerIpBuckets, Scope, SharedBucket};
 use crate::observe::access_log::{Destination, Writer};
 use crate::quota::QuotaCounter;
 use crate::upstream::TargetHealth;
@@ -134,8 +134,14 @@ impl<'a> Next<'a> {
     pub fn bucket(&mut self, scope: &str, name: &str, rate: f64, burst: u32) -> Arc<SharedBucket> {
         let key = format!("{scope}\u{0}{name}\u{0}{rate}\u{0}{burst}");
         let now = self.now();
+        let level = match scope.split(' ').next() {
+            Some("global") => Scope::Global,
+            Some("listener") => Scope::Listener,
+            Some("plan") => Scope::Key,
+            _ => Scope::Route,
+        };
         let (b, _) = reuse(&now.buckets, &mut self.tables.buckets, key, || {
-            SharedBucket::new(name, rate, burst)
+            SharedBucket::scoped(level, name, rate, burst)
         });
         b
     }

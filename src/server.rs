@@ -157,10 +157,20 @@ impl Control {
             .iter()
             .map(|w| w.dropped())
             .sum();
+        // Each plan's use, summed over its keys (one read of each counter).
+        let period_now = crate::quota::wall_clock(crate::clock::now());
+        let mut quotas: Vec<(&str, u64, u64)> = Vec::new();
+        for q in gateway.quotas.iter() {
+            match quotas.iter_mut().find(|(plan, _, _)| *plan == q.plan) {
+                Some(entry) => entry.1 += q.used(period_now),
+                None => quotas.push((q.plan.as_str(), q.used(period_now), q.limit)),
+            }
+        }
         let gauges = crate::observe::metrics::Gauges {
             generation: gateway.generation,
             targets,
             log_records_dropped,
+            quotas,
         };
         Some(crate::observe::metrics::render(metrics, &gauges))
     }

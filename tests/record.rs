@@ -159,7 +159,10 @@ upstream = "dead"
     assert_eq!(next_record(&mut seen).status, 200);
     let x = exchange(addr, &get("/limited", ""));
     let r = next_record(&mut seen);
-    assert_eq!((x.status, r.refusal), (429, Some(Refusal::Throttled)));
+    assert_eq!(
+        (x.status, r.refusal),
+        (429, Some(Refusal::Throttled(weir::limit::Scope::Route)))
+    );
 
     // Proxied, with a body: the target, its status and time, the body counted in.
     let post =

@@ -758,7 +758,7 @@ mod tests {
     fn a_refusal_names_its_type_and_message() {
         let r = Record {
             status: 429,
-            refusal: Some(Refusal::Throttled),
+            refusal: Some(Refusal::Throttled(crate::limit::Scope::Route)),
             ..record()
         };
         let mut out = Vec::new();

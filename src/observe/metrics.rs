@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{Record, Refusal};
 use crate::cache::Status as CacheStatus;
+use crate::limit::Scope;
 
 /// Request methods with a series of their own; others count as `OTHER`.
 pub const METHODS: [&str; 8] = [
@@ -100,7 +101,8 @@ pub struct RouteCells {
     bytes_out: AtomicU64,
     /// By cache result: hit, miss, stale, revalidated, bypass.
     cache: [AtomicU64; 5],
-    throttled: AtomicU64,
+    /// Throttled, by the refusing bucket's [`Scope`]: global, listener, route, key, client.
+    throttled: [AtomicU64; 5],
     quota: AtomicU64,
     api_key: AtomicU64,
 }
@@ -281,7 +283,7 @@ impl Series {
             bump(&cells.cache[i], 1);
         }
         match record.refusal {
-            Some(Refusal::Throttled) => bump(&cells.throttled, 1),
+            Some(Refusal::Throttled(scope)) => bump(&cells.throttled[scope as usize], 1),
             Some(Refusal::QuotaExceeded) => bump(&cells.quota, 1),
             Some(Refusal::InvalidApiKey) => bump(&cells.api_key, 1),
             _ => {}
@@ -312,6 +314,9 @@ pub struct Gauges<'a> {
     /// Each target: group, address, whether it is up.
     pub targets: Vec<(&'a str, &'a str, bool)>,
     pub log_records_dropped: u64,
+    /// Each usage plan with a quota: its name, requests counted in the current period
+    /// (all its keys), and the limit per key.
+    pub quotas: Vec<(&'a str, u64, u64)>,
 }
 
 /// The Prometheus text exposition of every series (summed over workers).
@@ -443,17 +448,28 @@ pub fn render(metrics: &Metrics, gauges: &Gauges) -> String {
         }
     }
 
-    out.push_str("# HELP weir_refused_total Requests Weir refused itself before the integration, by reason.\n# TYPE weir_refused_total counter\n");
+    out.push_str("# HELP weir_refused_total Requests Weir refused itself before the integration, by reason and the level that refused (a throttle's scope; key for quotas and keys).\n# TYPE weir_refused_total counter\n");
+    let scopes = [
+        Scope::Global,
+        Scope::Listener,
+        Scope::Route,
+        Scope::Key,
+        Scope::Client,
+    ];
     for (key, cells) in &routes {
-        for (reason, n) in [
-            ("throttled", sum(cells, &|x| read(&x.throttled))),
-            ("quota_exceeded", sum(cells, &|x| read(&x.quota))),
-            ("invalid_api_key", sum(cells, &|x| read(&x.api_key))),
-        ] {
+        let throttled = scopes.iter().map(|&s| {
+            let n = sum(cells, &|x| read(&x.throttled[s as usize]));
+            ("throttled", s.name(), n)
+        });
+        let others = [
+            ("quota_exceeded", "key", sum(cells, &|x| read(&x.quota))),
+            ("invalid_api_key", "key", sum(cells, &|x| read(&x.api_key))),
+        ];
+        for (reason, scope, n) in throttled.chain(others) {
             if n > 0 {
                 let _ = writeln!(
                     out,
-                    "weir_refused_total{{{},reason=\"{reason}\"}} {n}",
+                    "weir_refused_total{{{},reason=\"{reason}\",scope=\"{scope}\"}} {n}",
                     labels(key)
                 );
             }
@@ -560,6 +576,14 @@ pub fn render(metrics: &Metrics, gauges: &Gauges) -> String {
         read(&metrics.reloads_applied),
         read(&metrics.reloads_refused)
     );
+    out.push_str("# HELP weir_quota_used Requests counted against a usage plan's quota in the current period, all its keys together.\n# TYPE weir_quota_used gauge\n");
+    for (plan, used, _) in &gauges.quotas {
+        let _ = writeln!(out, "weir_quota_used{{plan=\"{}\"}} {used}", esc(plan));
+    }
+    out.push_str("# HELP weir_quota_limit A usage plan's quota per key and period.\n# TYPE weir_quota_limit gauge\n");
+    for (plan, _, limit) in &gauges.quotas {
+        let _ = writeln!(out, "weir_quota_limit{{plan=\"{}\"}} {limit}", esc(plan));
+    }
     let _ = writeln!(
         out,
         "# HELP weir_log_records_dropped_total Access log records dropped because a writer fell behind.\n# TYPE weir_log_records_dropped_total counter\nweir_log_records_dropped_total {}",
@@ -660,6 +684,7 @@ mod tests {
                 generation: 1,
                 targets: vec![],
                 log_records_dropped: 0,
+                quotas: vec![],
             },
         );
         let series = "listener=\"public\",route=\"GET /items/{id}\"";

@@ -88,8 +88,8 @@ pub enum Refusal {
     BadBody,
     /// No usable API key (403).
     InvalidApiKey,
-    /// A token bucket refused (429).
-    Throttled,
+    /// A token bucket refused (429), at this level.
+    Throttled(crate::limit::Scope),
     /// The key's quota is spent (429).
     QuotaExceeded,
     /// The listener redirects to HTTPS (301/308).
@@ -115,7 +115,7 @@ impl Refusal {
             Refusal::Timeout => "REQUEST_TIMEOUT",
             Refusal::NotFound | Refusal::MethodNotAllowed => "RESOURCE_NOT_FOUND",
             Refusal::InvalidApiKey => "INVALID_API_KEY",
-            Refusal::Throttled => "THROTTLED",
+            Refusal::Throttled(_) => "THROTTLED",
             Refusal::QuotaExceeded => "QUOTA_EXCEEDED",
             Refusal::Redirect => "REDIRECT",
             Refusal::PlainHttpOnTls => "PLAIN_HTTP_ON_TLS",

@@ -183,7 +183,8 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             write_fields(out, bucket, 0, retry);
         };
         let message = crate::http::reason(429);
-        self.write_error_saying(429, message, Refusal::Throttled, unread_body, fields)
+        let refusal = Refusal::Throttled(bucket.scope);
+        self.write_error_saying(429, message, refusal, unread_body, fields)
             .await
     }
 

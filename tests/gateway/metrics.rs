@@ -102,7 +102,7 @@ cache = {{ ttl = "60s" }}
         (format!("weir_requests_total{{{public},route=\"-\",method=\"GET\",code=\"404\"}}"), 2.0),
         (format!("weir_requests_total{{{public},route=\"ANY /limited\",method=\"GET\",code=\"200\"}}"), 1.0),
         (format!("weir_requests_total{{{public},route=\"ANY /limited\",method=\"GET\",code=\"429\"}}"), 3.0),
-        (format!("weir_refused_total{{{public},route=\"ANY /limited\",reason=\"throttled\"}}"), 3.0),
+        (format!("weir_refused_total{{{public},route=\"ANY /limited\",reason=\"throttled\",scope=\"route\"}}"), 3.0),
         (format!("weir_requests_total{{{public},route=\"ANY /api/{{*rest}}\",method=\"GET\",code=\"200\"}}"), 1.0),
         (format!("weir_request_duration_seconds_count{{{public},route=\"GET /mock\"}}"), 5.0),
         (format!("weir_upstream_duration_seconds_count{{{public},route=\"ANY /api/{{*rest}}\"}}"), 1.0),
@@ -162,4 +162,62 @@ fn without_an_admin_api_there_is_no_metrics_endpoint_and_no_cost() {
     );
     assert_eq!(try_get(weir.addr(), "/metrics", "").unwrap().status, 404);
     assert!(!weir.log().contains("admin API on"));
+}
+
+#[test]
+fn quota_use_and_the_refusing_level_are_counted() {
+    let store = TempFile::new("redb", b"");
+    let _ = std::fs::remove_file(&store.path);
+    let weir = Weir::start(&format!(
+        r#"
+[server]
+workers = 1
+
+[admin]
+address = "127.0.0.1:0"
+
+[quotas]
+store = "{store}"
+
+[[listener]]
+name = "public"
+address = "127.0.0.1:0"
+
+[[api_key]]
+id = "alice"
+value = "alice-key-0123456789abcdef"
+
+[[usage_plan]]
+name = "gold"
+keys = ["alice"]
+routes = ["orders"]
+throttle = {{ rate = 0.01, burst = 2 }}
+quota = {{ limit = 100, period = "DAY" }}
+
+[[route]]
+name = "orders"
+path = "/orders"
+mock = {{ body = "ok" }}
+api_key_required = true
+"#,
+        store = store.path.display()
+    ));
+    let admin = weir.admin_addr();
+    let key = "x-api-key: alice-key-0123456789abcdef\r\n";
+    let statuses: Vec<u16> = (0..3)
+        .map(|_| try_get(weir.addr(), "/orders", key).unwrap().status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 429]);
+    let refused = "weir_refused_total{listener=\"public\",route=\"ANY /orders\",reason=\"throttled\",scope=\"key\"}";
+    let mut m = scrape(admin);
+    assert!(
+        eventually(|| {
+            m = scrape(admin);
+            m.get(refused) == Some(&1.0)
+        }),
+        "{m:#?}"
+    );
+    // The throttled request's quota reservation was given back: two counted.
+    assert_eq!(m["weir_quota_used{plan=\"gold\"}"], 2.0);
+    assert_eq!(m["weir_quota_limit{plan=\"gold\"}"], 100.0);
 }
