@@ -118,6 +118,10 @@ pub struct TargetCells {
 pub struct ListenerCells {
     accepted: AtomicU64,
     closed: AtomicU64,
+    /// Requests begun and ended: the difference is the connections with a request in
+    /// flight (the others wait for their next request).
+    begun: AtomicU64,
+    ended: AtomicU64,
     /// Handshakes: full, resumed, failed.
     tls: [AtomicU64; 3],
 }
@@ -129,6 +133,16 @@ impl ListenerCells {
 
     pub fn closed(&self) {
         bump(&self.closed, 1);
+    }
+
+    /// A request began on one of this listener's connections.
+    pub fn request_begun(&self) {
+        bump(&self.begun, 1);
+    }
+
+    /// That request ended.
+    pub fn request_ended(&self) {
+        bump(&self.ended, 1);
     }
 
     /// A TLS handshake: completed (`Some(resumed)`) or failed (`None`).
@@ -514,7 +528,7 @@ pub fn render(metrics: &Metrics, gauges: &Gauges) -> String {
     }
 
     // Listeners.
-    let mut listeners: HashMap<Arc<str>, [u64; 5]> = HashMap::new();
+    let mut listeners: HashMap<Arc<str>, [u64; 7]> = HashMap::new();
     for w in metrics.workers.iter() {
         for (name, c) in w.listeners.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let l = listeners.entry(name.clone()).or_default();
@@ -523,6 +537,8 @@ pub fn render(metrics: &Metrics, gauges: &Gauges) -> String {
             for i in 0..3 {
                 l[2 + i] += read(&c.tls[i]);
             }
+            l[5] += read(&c.begun);
+            l[6] += read(&c.ended);
         }
     }
     let mut listeners: Vec<_> = listeners.into_iter().collect();
@@ -536,16 +552,17 @@ pub fn render(metrics: &Metrics, gauges: &Gauges) -> String {
             l[0]
         );
     }
-    out.push_str(
-        "# HELP weir_connections Client connections open now.\n# TYPE weir_connections gauge\n",
-    );
+    out.push_str("# HELP weir_connections Client connections open now: active (a request in flight) or idle (waiting for the next request, or for a TLS handshake).\n# TYPE weir_connections gauge\n");
     for (name, l) in &listeners {
-        let _ = writeln!(
-            out,
-            "weir_connections{{listener=\"{}\"}} {}",
-            esc(name),
-            l[0].saturating_sub(l[1])
-        );
+        let open = l[0].saturating_sub(l[1]);
+        let active = l[5].saturating_sub(l[6]).min(open);
+        for (state, n) in [("active", active), ("idle", open - active)] {
+            let _ = writeln!(
+                out,
+                "weir_connections{{listener=\"{}\",state=\"{state}\"}} {n}",
+                esc(name)
+            );
+        }
     }
     out.push_str("# HELP weir_tls_handshakes_total TLS handshakes with clients, by result.\n# TYPE weir_tls_handshakes_total counter\n");
     for (name, l) in &listeners {

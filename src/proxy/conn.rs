@@ -166,6 +166,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             let outcome = match read {
                 HeadRead::Ready => {
                     self.served += 1;
+                    if let Some(series) = &self.gen.series {
+                        series.listeners[self.listener].request_begun();
+                    }
                     let in_flight = self.worker.request_started();
                     self.ex.begin(
                         &self.worker,
@@ -228,6 +231,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             if let Some(log) = log {
                 self.log_line(log);
             }
+        }
+        if let Some(series) = &gen.series {
+            series.listeners[self.listener].request_ended();
         }
         // What the request held in the cache (a fill it owned) is let go now.
         self.ex.taken.cache.reset();

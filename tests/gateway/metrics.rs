@@ -221,3 +221,39 @@ api_key_required = true
     assert_eq!(m["weir_quota_used{plan=\"gold\"}"], 2.0);
     assert_eq!(m["weir_quota_limit{plan=\"gold\"}"], 100.0);
 }
+
+#[test]
+fn connections_are_counted_active_and_idle() {
+    let backend = Backend::start();
+    let weir = Weir::start(&format!(
+        "[server]\nworkers = 1\n[admin]\naddress = \"127.0.0.1:0\"\n{}",
+        proxy_config(backend.addr, "")
+    ));
+    let admin = weir.admin_addr();
+    let active = "weir_connections{listener=\"127.0.0.1:0\",state=\"active\"}";
+    let idle = "weir_connections{listener=\"127.0.0.1:0\",state=\"idle\"}";
+
+    // One keep-alive connection that answered and waits, one with a slow request.
+    let mut waiting = connect(weir.addr());
+    let mut reader = std::io::BufReader::new(waiting.try_clone().unwrap());
+    get_on(&mut waiting, &mut reader, "/fast", "");
+    let addr = weir.addr();
+    let slow = std::thread::spawn(move || try_get(addr, "/slow/1500", "").unwrap().status);
+    let mut m = scrape(admin);
+    assert!(
+        eventually(|| {
+            m = scrape(admin);
+            m.get(active) == Some(&1.0) && m.get(idle) == Some(&1.0)
+        }),
+        "{m:#?}"
+    );
+    assert_eq!(slow.join().unwrap(), 200);
+    drop((waiting, reader));
+    assert!(
+        eventually(|| {
+            m = scrape(admin);
+            m.get(active) == Some(&0.0) && m.get(idle) == Some(&0.0)
+        }),
+        "{m:#?}"
+    );
+}
