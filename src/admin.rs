@@ -9,7 +9,7 @@
 //! | `GET /readyz` | 200 when every listener is bound, a config serves and no upstream group has every target down; else 503 with the reasons |
 //! | `GET /routes` | the route table of the serving generation (as `weir routes`) |
 //! | `GET /config` | the serving config as JSON, secrets redacted, with its generation |
-//! | `GET /upstreams` | every target with its health |
+//! | `GET /upstreams` | every target with its health and requests in flight |
 //! | `POST /reload` | reload the config file (as `weir reload`) |
 //! | `POST /cache/purge` | purge the cache: `?route=NAME` (repeatable), or everything |
 //!
@@ -331,6 +331,7 @@ fn upstreams(control: &Control) -> (u16, Value) {
                         "up": h.is_up(now),
                         "down_for_ms": h.down_until_ms().saturating_sub(now),
                         "consecutive_failures": h.consecutive_failures(),
+                        "in_flight": control.in_flight(&u.config.name, &t.authority),
                     })
                 })
                 .collect();

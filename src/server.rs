@@ -135,6 +135,14 @@ impl Control {
         writers.len()
     }
 
+    /// Requests in flight to `target` of `group` (0 when metrics are off).
+    pub fn in_flight(&self, group: &str, target: &str) -> u64 {
+        self.published
+            .metrics
+            .as_ref()
+            .map_or(0, |m| m.in_flight(group, target))
+    }
+
     /// The metrics, as Prometheus' text format (`None` when metrics are off: no `[admin]`).
     pub fn metrics_text(&self) -> Option<String> {
         let metrics = self.published.metrics.as_ref()?;

@@ -107,10 +107,13 @@ pub struct RouteCells {
     api_key: AtomicU64,
 }
 
-/// One worker's cells for one upstream target: responses, errors, timeouts.
+/// One worker's cells for one upstream target: responses, errors, timeouts, and requests
+/// sent and finished (the difference is the requests in flight).
 #[derive(Default)]
 pub struct TargetCells {
     outcomes: [AtomicU64; 3],
+    sent: AtomicU64,
+    done: AtomicU64,
 }
 
 /// One worker's cells for one listener.
@@ -261,7 +264,36 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// Requests in flight to `target` of `group`, on every worker.
+    pub fn in_flight(&self, group: &str, target: &str) -> u64 {
+        let key: TargetKey = (group.into(), target.into());
+        self.workers
+            .iter()
+            .filter_map(|w| {
+                let targets = w.targets.lock().unwrap_or_else(|e| e.into_inner());
+                let c = targets.get(&key)?;
+                Some(read(&c.sent).saturating_sub(read(&c.done)))
+            })
+            .sum()
+    }
+}
+
 impl Series {
+    fn target(&self, group: usize, target: usize) -> Option<&TargetCells> {
+        self.targets
+            .get(group)
+            .and_then(|g| g.get(target))
+            .map(|t| &**t)
+    }
+
+    /// A request went to a target (`done` when its response ended or failed).
+    pub fn target_busy(&self, group: usize, target: usize, done: bool) {
+        if let Some(t) = self.target(group, target) {
+            bump(if done { &t.done } else { &t.sent }, 1);
+        }
+    }
+
     /// Counts one finished request: its record, and its method (an index into
     /// [`METHODS`]).
     pub fn record(&self, metrics: &Metrics, record: &Record, method: u8) {

@@ -169,6 +169,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             }
 
             gen.pools.borrow_mut().groups[group].started(target);
+            if let Some(series) = &gen.series {
+                series.target_busy(group, target, false);
+            }
             let result = self
                 .send_rest_and_relay(
                     route_id,
@@ -180,6 +183,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 )
                 .await;
             gen.pools.borrow_mut().groups[group].finished(target);
+            if let Some(series) = &gen.series {
+                series.target_busy(group, target, true);
+            }
 
             match result {
                 Ok((upstream_reusable, client_keep)) => {

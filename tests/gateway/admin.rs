@@ -249,3 +249,25 @@ fn routes_running_shows_the_serving_generation_not_the_file() {
     );
     assert!(running.starts_with("LISTENER"), "{running}");
 }
+
+#[test]
+fn upstreams_show_the_requests_in_flight() {
+    let backend = Backend::start();
+    let weir = Weir::start(&format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\n{}",
+        proxy_config(backend.addr, "")
+    ));
+    let admin = weir.admin_addr();
+    let addr = weir.addr();
+    let in_flight = || {
+        let (_, body) = call(admin, "GET", "/upstreams", None);
+        body["upstreams"][0]["targets"][0]["in_flight"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(in_flight(), 0);
+    let slow = std::thread::spawn(move || try_get(addr, "/slow/1500", "").unwrap().status);
+    assert!(eventually(|| in_flight() == 1));
+    assert_eq!(slow.join().unwrap(), 200);
+    assert!(eventually(|| in_flight() == 0));
+}
