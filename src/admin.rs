@@ -11,7 +11,7 @@
 //! | `GET /config` | the serving config as JSON, secrets redacted, with its generation |
 //! | `GET /upstreams` | every target with its health and requests in flight |
 //! | `POST /reload` | reload the config file (as `weir reload`) |
-//! | `POST /cache/purge` | purge the cache: `?route=NAME` (repeatable), or everything |
+//! | `POST /cache/purge` | purge the cache: `?route=NAME` (repeatable), `?prefix=/PATH`, or everything |
 //!
 //! Owns: the admin socket, its threads and the JSON it answers. Must not: run on a worker
 //! or touch the request path: it reads the published generation and calls
@@ -209,6 +209,14 @@ fn route(req: &Request, control: &Control) -> (u16, Value) {
                 )
             }
         },
+        ("POST", "/cache/purge") if req.query.starts_with("prefix=") => {
+            let prefix = percent_decode(&req.query["prefix=".len()..]);
+            if !prefix.starts_with('/') {
+                return (400, json!({ "message": "a path prefix starts with `/`" }));
+            }
+            let said = control.purge_prefix(&prefix);
+            (200, json!({ "ok": true, "said": [said] }))
+        }
         ("POST", "/cache/purge") => {
             let routes: Vec<String> = req
                 .query
@@ -244,7 +252,7 @@ const ENDPOINTS: [&str; 8] = [
     "GET /config",
     "GET /upstreams",
     "POST /reload",
-    "POST /cache/purge[?route=NAME...]",
+    "POST /cache/purge[?route=NAME...|?prefix=/PATH]",
 ];
 
 /// Ready: a generation serves with every listener bound, and no upstream group has all

@@ -318,6 +318,14 @@ impl Control {
 
     /// Purges the response cache on every worker: the named routes' entries, or all of
     /// them when `routes` is empty. A line per purge saying what happened.
+    /// Purges every cached response whose path starts with `prefix`, on every worker.
+    pub fn purge_prefix(&self, prefix: &str) -> String {
+        let bytes: std::sync::Arc<[u8]> = prefix.as_bytes().into();
+        self.cache_bus
+            .send(crate::cache::Purge::Prefix(bytes), None);
+        format!("purged every path under `{prefix}`")
+    }
+
     pub fn purge_cache(&self, routes: &[String]) -> Vec<String> {
         use crate::cache::Purge;
         let bus = &self.cache_bus;

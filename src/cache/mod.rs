@@ -544,6 +544,23 @@ impl Shard {
                 dropped
             }
             Purge::Path(h) => self.invalidate_path(h),
+            Purge::Prefix(prefix) => {
+                let mut dropped = 0;
+                // A group's `uri` is the lower-cased host, then the path from its `/`.
+                self.entries.retain(|g| {
+                    let path = g
+                        .uri
+                        .iter()
+                        .position(|&b| b == b'/')
+                        .map_or(&[][..], |i| &g.uri[i..]);
+                    let gone = path.starts_with(&prefix);
+                    if gone {
+                        dropped += g.variants.len();
+                    }
+                    !gone
+                });
+                dropped
+            }
         }
     }
 
@@ -618,13 +635,15 @@ impl Future for FillWait {
 // ---------------------------------------------------------------------------------------
 
 /// Something every shard must drop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Purge {
     All,
     /// Every entry a route stored (by [`crate::gateway::route_key`]).
     Route(u64),
     /// Every query form and variant of a `host path` (by its hash, [`invalidation_hash`]).
     Path(u64),
+    /// Every entry whose path starts with this (on any host).
+    Prefix(std::sync::Arc<[u8]>),
 }
 
 /// Carries purges to every worker: a lock-free queue each, and a flag a worker checks
@@ -652,7 +671,7 @@ impl Bus {
     pub fn send(&self, purge: Purge, from: Option<usize>) {
         for (i, (q, flag)) in self.queues.iter().zip(self.pending.iter()).enumerate() {
             if Some(i) != from {
-                q.push(purge);
+                q.push(purge.clone());
                 flag.store(true, Ordering::Release);
             }
         }

@@ -271,3 +271,36 @@ fn upstreams_show_the_requests_in_flight() {
     assert_eq!(slow.join().unwrap(), 200);
     assert!(eventually(|| in_flight() == 0));
 }
+
+#[test]
+fn purge_by_path_prefix_drops_every_query_form_under_it() {
+    let backend = Backend::start();
+    let weir = Weir::start(&format!(
+        "[server]\nworkers = 1\n{}",
+        config(backend.addr, dead_addrs())
+    ));
+    let admin = weir.admin_addr();
+    let x_cache = |path: &str| {
+        try_get(weir.addr(), path, "")
+            .unwrap()
+            .header("x-cache")
+            .map(str::to_string)
+    };
+    for path in ["/items/1", "/items/1?x=1", "/items/2"] {
+        assert_eq!(x_cache(path).as_deref(), Some("MISS"));
+        assert_eq!(x_cache(path).as_deref(), Some("HIT"));
+    }
+    let (status, body) = call(
+        admin,
+        "POST",
+        "/cache/purge?prefix=%2Fitems%2F1",
+        Some(TOKEN),
+    );
+    assert_eq!(status, 200, "{body}");
+    // The worker applies a purge before its next lookup.
+    assert_eq!(x_cache("/items/1").as_deref(), Some("MISS"));
+    assert_eq!(x_cache("/items/1?x=1").as_deref(), Some("MISS"));
+    assert_eq!(x_cache("/items/2").as_deref(), Some("HIT"));
+    let (status, _) = call(admin, "POST", "/cache/purge?prefix=items", Some(TOKEN));
+    assert_eq!(status, 400);
+}
