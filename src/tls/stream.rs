@@ -215,30 +215,17 @@ where
     SD: SideData,
 {
     async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
-        // SAFETY: the buffer's spare capacity, owned by us until we return it.
-        let dst = unsafe { std::slice::from_raw_parts_mut(buf.write_ptr(), buf.bytes_total()) };
-        let res = self.read_plain(dst).await;
-        if let Ok(n) = res {
-            unsafe { buf.set_init(n) };
-        }
-        (res, buf)
+        let res = self.read_plain(spare(&mut buf)).await;
+        filled(buf, res)
     }
 
     async fn readv<T: IoVecBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
         // Fill the first non-empty slice; callers loop for more, as with readv(2).
-        let iovecs =
-            unsafe { std::slice::from_raw_parts(buf.write_iovec_ptr(), buf.write_iovec_len()) };
-        let Some(first) = iovecs.iter().find(|v| v.iov_len > 0) else {
+        let Some(dst) = first_spare(&mut buf) else {
             return (Ok(0), buf);
         };
-        let dst =
-            unsafe { std::slice::from_raw_parts_mut(first.iov_base.cast::<u8>(), first.iov_len) };
         let res = self.read_plain(dst).await;
-        // The slices before `first` are empty, so `n` bytes in are `n` bytes of the whole.
-        if let Ok(n) = res {
-            unsafe { buf.set_init(n) };
-        }
-        (res, buf)
+        filled_vec(buf, res)
     }
 }
 
@@ -391,28 +378,17 @@ where
     SD: SideData,
 {
     async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
-        // SAFETY: the buffer's spare capacity, owned by us until we return it.
-        let dst = unsafe { std::slice::from_raw_parts_mut(buf.write_ptr(), buf.bytes_total()) };
-        let res = self.read_plain(dst).await;
-        if let Ok(n) = res {
-            unsafe { buf.set_init(n) };
-        }
-        (res, buf)
+        let res = self.read_plain(spare(&mut buf)).await;
+        filled(buf, res)
     }
 
     async fn readv<T: IoVecBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
-        let iovecs =
-            unsafe { std::slice::from_raw_parts(buf.write_iovec_ptr(), buf.write_iovec_len()) };
-        let Some(first) = iovecs.iter().find(|v| v.iov_len > 0) else {
+        // Fill the first non-empty slice; callers loop for more, as with readv(2).
+        let Some(dst) = first_spare(&mut buf) else {
             return (Ok(0), buf);
         };
-        let dst =
-            unsafe { std::slice::from_raw_parts_mut(first.iov_base.cast::<u8>(), first.iov_len) };
         let res = self.read_plain(dst).await;
-        if let Ok(n) = res {
-            unsafe { buf.set_init(n) };
-        }
-        (res, buf)
+        filled_vec(buf, res)
     }
 }
 
@@ -456,6 +432,41 @@ where
         self.send_tls().await?;
         self.io.shutdown().await
     }
+}
+
+/// The spare capacity of `buf`, to read plaintext into.
+fn spare<T: IoBufMut>(buf: &mut T) -> &mut [u8] {
+    // SAFETY: the buffer's spare capacity, owned by the caller until it returns the buffer.
+    unsafe { std::slice::from_raw_parts_mut(buf.write_ptr(), buf.bytes_total()) }
+}
+
+/// The first non-empty slice of an iovec buffer, to read plaintext into. The slices before
+/// it are empty, so bytes read into it are the first of the whole.
+fn first_spare<T: IoVecBufMut>(buf: &mut T) -> Option<&mut [u8]> {
+    // SAFETY: the iovec array of `buf` has `write_iovec_len` entries, each pointing at
+    // memory the buffer owns and lends to the caller until it is returned.
+    let iovecs =
+        unsafe { std::slice::from_raw_parts(buf.write_iovec_ptr(), buf.write_iovec_len()) };
+    let first = iovecs.iter().find(|v| v.iov_len > 0)?;
+    Some(unsafe { std::slice::from_raw_parts_mut(first.iov_base.cast::<u8>(), first.iov_len) })
+}
+
+/// Marks `n` bytes of `buf` filled when the read succeeded, and returns both.
+fn filled<T: IoBufMut>(mut buf: T, res: io::Result<usize>) -> BufResult<usize, T> {
+    if let Ok(n) = res {
+        // SAFETY: the read wrote `n` bytes at the start of the spare capacity.
+        unsafe { buf.set_init(n) };
+    }
+    (res, buf)
+}
+
+/// [`filled`], for an iovec buffer.
+fn filled_vec<T: IoVecBufMut>(mut buf: T, res: io::Result<usize>) -> BufResult<usize, T> {
+    if let Ok(n) = res {
+        // SAFETY: the read wrote `n` bytes at the start of the first non-empty slice.
+        unsafe { buf.set_init(n) };
+    }
+    (res, buf)
 }
 
 #[cfg(test)]
