@@ -423,6 +423,13 @@ fn run(path: PathBuf) -> ExitCode {
         }
         weir::admin::serve(listener, running.control(), token);
     }
+    // The control socket before the line that says the gateway serves: whoever waits
+    // for that line (a script, a test) may run `weir reload` at once.
+    let control = running.control();
+    let socket = weir::control::socket_path(&path);
+    if let Err(e) = weir::control::serve(socket.clone(), control.clone()) {
+        warn!("{e}: `weir reload` cannot reach this gateway; SIGHUP still reloads");
+    }
     let cpus: Vec<String> = running
         .cpus
         .iter()
@@ -435,12 +442,6 @@ fn run(path: PathBuf) -> ExitCode {
         running.driver,
         cpus.join(", ")
     );
-
-    let control = running.control();
-    let socket = weir::control::socket_path(&path);
-    if let Err(e) = weir::control::serve(socket.clone(), control.clone()) {
-        warn!("{e}: `weir reload` cannot reach this gateway; SIGHUP still reloads");
-    }
     // Every listener is bound and every worker serves: a service manager waiting for
     // readiness (systemd's Type=notify) may start what depends on Weir.
     let n = running.listeners.len();
