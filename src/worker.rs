@@ -31,6 +31,18 @@ use crate::limit::Leases;
 use crate::observe::metrics::{Metrics, Names, Series};
 use crate::upstream::Pools;
 
+/// Each byte as two lower-case hex digits.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX[i >> 4], HEX[i & 0xf]];
+        i += 1;
+    }
+    t
+};
+
 /// Size of a pooled buffer (upstream responses, writes); large enough for almost every
 /// response head plus a small body.
 pub const READ_BUFFER: usize = 8 * 1024;
@@ -253,7 +265,6 @@ impl Worker {
 
     /// A new `traceparent`: version 00, a random trace id and parent id, sampled.
     pub fn next_traceparent(&self, out: &mut [u8; 55]) {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         // wyrand: fast, and random enough for ids (not for secrets).
         let next = || {
             let s = self.trace_state.get().wrapping_add(0xa076_1d64_78bd_642f);
@@ -261,15 +272,16 @@ impl Worker {
             let t = u128::from(s) * u128::from(s ^ 0xe703_7ed1_a0b4_28db);
             ((t >> 64) ^ t) as u64 | 1
         };
-        let words = [next(), next(), next()];
+        let hex = |out: &mut [u8], word: u64| {
+            for (pair, byte) in out.chunks_exact_mut(2).zip(word.to_be_bytes()) {
+                pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
+            }
+        };
         out[..3].copy_from_slice(b"00-");
-        for (i, o) in out[3..35].iter_mut().enumerate() {
-            *o = HEX[(words[i / 16] >> (60 - 4 * (i % 16)) & 0xf) as usize];
-        }
+        hex(&mut out[3..19], next());
+        hex(&mut out[19..35], next());
         out[35] = b'-';
-        for (i, o) in out[36..52].iter_mut().enumerate() {
-            *o = HEX[(words[2] >> (60 - 4 * i) & 0xf) as usize];
-        }
+        hex(&mut out[36..52], next());
         out[52..].copy_from_slice(b"-01");
     }
 

@@ -75,8 +75,8 @@ impl Exchange {
         self.sent_continue = false;
         self.taken.reset();
         self.new_request_id(worker, Some((buf, head)));
-        self.trace(worker, buf, head, gen.gateway.config.make_traceparent);
         if gen.gateway.access_logs[listener].is_some() {
+            self.keep_trace(buf, head);
             self.keep_for_log(buf, head);
         }
         self.start_record(gen, listener);
@@ -121,22 +121,31 @@ impl Exchange {
         &self.text[..self.ends[0] as usize]
     }
 
-    /// Keeps the client's valid `traceparent`, or makes one when `make` (W3C Trace
-    /// Context: a request without a valid one starts a trace here).
-    pub fn trace(&mut self, worker: &Worker, buf: &[u8], head: &RequestHead, make: bool) {
+    /// Keeps a copy of the client's valid `traceparent` when the access log will want its
+    /// trace id (the upstream gets the client's field as it came, without a copy).
+    pub fn keep_trace(&mut self, buf: &[u8], head: &RequestHead) {
         self.text.truncate(self.ends[0] as usize);
-        match head.traceparent {
-            Some(span) => self.text.extend_from_slice(span.of(buf)),
-            None if make => {
-                let mut value = [0u8; 55];
-                worker.next_traceparent(&mut value);
-                self.text.extend_from_slice(&value);
-                self.trace_made = true;
-            }
-            None => {}
+        if let Some(span) = head.traceparent {
+            self.text.extend_from_slice(span.of(buf));
         }
         let end = self.text.len() as u32;
         self.ends[1..].fill(end);
+    }
+
+    /// Starts a trace for a request going upstream without a valid `traceparent` (W3C
+    /// Trace Context): made only here, so requests that never go upstream pay nothing.
+    pub fn make_trace(&mut self, worker: &Worker) {
+        if self.trace_made || self.ends[1] > self.ends[0] {
+            return;
+        }
+        let mut value = [0u8; 55];
+        worker.next_traceparent(&mut value);
+        let at = self.ends[0] as usize;
+        self.text.splice(at..at, value);
+        for end in &mut self.ends[1..] {
+            *end += 55;
+        }
+        self.trace_made = true;
     }
 
     /// The request's `traceparent` (empty when it has none).

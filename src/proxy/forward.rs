@@ -62,6 +62,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             Err(e) => return self.respond_body_error(e).await,
         };
         let whole_body_buffered = body.is_done();
+        if self.head.traceparent.is_none() && gen.gateway.config.make_traceparent {
+            self.ex.make_trace(&self.worker);
+        }
         let mut tried = Tried::default();
         // What the client gets once every target was tried (`pick` gives up only then).
         let mut failure = (502, Refusal::IntegrationFailure);
