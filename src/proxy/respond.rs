@@ -33,7 +33,12 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     /// has one: pass `date = false`), `X-Request-Id`, `Connection`; records `status`.
     fn end_head(&mut self, status: u16, close: bool, date: bool) {
         self.ex.record.status = status;
-        let now = self.worker.date(self.ex.now);
+        // A stored head carries its origin's Date: the cache hit skips formatting one.
+        let now = if date {
+            self.worker.date(self.ex.now)
+        } else {
+            [0; 29]
+        };
         Trailer {
             date: if date { &now } else { b"" },
             request_id: self.ex.request_id(),
