@@ -235,24 +235,15 @@ where
     SD: SideData,
 {
     async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
-        // SAFETY: the buffer's initialised bytes, owned by us until we return it.
-        let src = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
-        let res = self.write_plain(src).await;
+        let res = self.write_plain(initialised(&buf)).await;
         (res, buf)
     }
 
     async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
-        let iovecs =
-            unsafe { std::slice::from_raw_parts(buf.read_iovec_ptr(), buf.read_iovec_len()) };
-        let mut written = 0;
-        for v in iovecs {
-            let src = unsafe { std::slice::from_raw_parts(v.iov_base.cast::<u8>(), v.iov_len) };
-            match self.conn.writer().write(src) {
-                Ok(n) => written += n,
-                Err(e) => return (Err(e), buf),
-            }
-        }
-        let res = self.send_tls().await.map(|()| written);
+        let res = match write_slices(&mut self.conn.writer(), &buf) {
+            Ok(n) => self.send_tls().await.map(|()| n),
+            Err(e) => Err(e),
+        };
         (res, buf)
     }
 
@@ -398,9 +389,7 @@ where
     SD: SideData,
 {
     async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
-        // SAFETY: the buffer's initialised bytes, owned by us until we return it.
-        let src = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
-        let written = self.conn.borrow_mut().writer().write(src);
+        let written = self.conn.borrow_mut().writer().write(initialised(&buf));
         let res = match written {
             Ok(n) => self.send_tls().await.map(|()| n),
             Err(e) => Err(e),
@@ -409,17 +398,11 @@ where
     }
 
     async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
-        let iovecs =
-            unsafe { std::slice::from_raw_parts(buf.read_iovec_ptr(), buf.read_iovec_len()) };
-        let mut written = 0;
-        for v in iovecs {
-            let src = unsafe { std::slice::from_raw_parts(v.iov_base.cast::<u8>(), v.iov_len) };
-            match self.conn.borrow_mut().writer().write(src) {
-                Ok(n) => written += n,
-                Err(e) => return (Err(e), buf),
-            }
-        }
-        let res = self.send_tls().await.map(|()| written);
+        let written = write_slices(&mut self.conn.borrow_mut().writer(), &buf);
+        let res = match written {
+            Ok(n) => self.send_tls().await.map(|()| n),
+            Err(e) => Err(e),
+        };
         (res, buf)
     }
 
@@ -432,6 +415,25 @@ where
         self.send_tls().await?;
         self.io.shutdown().await
     }
+}
+
+/// The initialised bytes of `buf`, to write as plaintext.
+fn initialised<T: IoBuf>(buf: &T) -> &[u8] {
+    // SAFETY: the buffer's initialised bytes, owned by the caller until it returns it.
+    unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) }
+}
+
+/// Hands every slice of an iovec buffer to rustls as plaintext; the bytes taken.
+fn write_slices<T: IoVecBuf>(writer: &mut impl Write, buf: &T) -> io::Result<usize> {
+    // SAFETY: the iovec array of `buf` has `read_iovec_len` entries, each pointing at
+    // initialised memory the buffer owns until the caller returns it.
+    let iovecs = unsafe { std::slice::from_raw_parts(buf.read_iovec_ptr(), buf.read_iovec_len()) };
+    let mut written = 0;
+    for v in iovecs {
+        let src = unsafe { std::slice::from_raw_parts(v.iov_base.cast::<u8>(), v.iov_len) };
+        written += writer.write(src)?;
+    }
+    Ok(written)
 }
 
 /// The spare capacity of `buf`, to read plaintext into.
