@@ -154,9 +154,9 @@ cache = {{ ttl = "60s" }}
 }
 
 #[test]
-fn without_an_admin_api_there_is_no_metrics_endpoint_and_no_cost() {
-    // Metrics are collected only when [admin] can serve them; the public listener never
-    // serves /metrics.
+fn without_an_admin_api_there_is_no_metrics_endpoint() {
+    // The public listener never serves /metrics; with no [admin], nothing does (and, in
+    // `Published::new`, nothing is collected: not observable from outside).
     let weir = Weir::start(
         "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\npath = \"/x\"\nmock = {}\n",
     );
