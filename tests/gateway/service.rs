@@ -208,7 +208,11 @@ fn as_user(user: &str) -> String {
 /// Runs `weir run` on `config` until it exits (it must, within the patience), as `uid`
 /// when given: (exit code, stderr).
 fn run_until_exit(config: &TempFile, uid: Option<u32>) -> (Option<i32>, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_weir"));
+    let binary = match uid {
+        Some(_) => executable_by_anyone(),
+        None => std::path::PathBuf::from(env!("CARGO_BIN_EXE_weir")),
+    };
+    let mut command = Command::new(binary);
     command
         .args(["run", "-c"])
         .arg(&config.path)
@@ -232,6 +236,24 @@ fn run_until_exit(config: &TempFile, uid: Option<u32>) -> (Option<i32>, String) 
     let _ = child.kill();
     let _ = child.wait();
     (None, "still running".into())
+}
+
+/// A copy of the weir binary any user can run: the build's own may sit under a directory
+/// only its owner can enter (a checkout in `mktemp -d`, mode 0700), where `nobody` gets
+/// EACCES before Weir runs at all.
+fn executable_by_anyone() -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    static COPY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    COPY.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("weir-test-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let copy = dir.join("weir");
+        std::fs::copy(env!("CARGO_BIN_EXE_weir"), &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        copy
+    })
+    .clone()
 }
 
 fn is_root() -> bool {
